@@ -1,0 +1,3 @@
+from simd.cli import main
+
+raise SystemExit(main())
