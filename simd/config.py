@@ -10,9 +10,10 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from simd.errors import ConfigError
 
@@ -94,7 +95,7 @@ class Config:
     def __setattr__(self, name, value):
         raise AttributeError("Config is read-only; use replace()")
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         return Config({**self._values, **changes})
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,7 +113,7 @@ class Config:
             return Path(self.state_dir).expanduser().absolute()
         return default_state_dir(self.library_path)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for s in SETTINGS:
             v = self._values[s.name]
             if v is None:

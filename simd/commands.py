@@ -1,0 +1,273 @@
+"""What each `simd` subcommand does; `cli.py` parses arguments and converts errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from simd import config as cfg
+from simd.errors import ConfigError, NotFound, SimdError
+from simd.ignore import IgnoreRules
+from simd.search import Runtime, SearchService
+from simd.store import Store
+
+DB_NAME = "index.db"
+
+
+def db_path(state_dir: Path) -> Path:
+    return Path(state_dir) / DB_NAME
+
+
+def prepare_state(config: cfg.Config) -> tuple[Path, Path, Path]:
+    """(library root, state dir, db path); creates the state dir (0700) and checks it belongs to root."""
+    root = config.library_path
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"library {root} is not a directory")
+    state = config.state_path
+    real_state, real_root = os.path.realpath(state), os.path.realpath(root)
+    if os.path.commonpath([real_state, real_root]) == real_root:
+        raise ConfigError(f"state dir {state} is inside the library; simd never writes into the library")
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise SimdError(f"cannot create state dir {state}: {e.strerror or e}") from None
+    db = db_path(state)
+    store = Store(db)
+    try:
+        known = store.get_meta("library_root")
+        if known and known != str(root):
+            raise ConfigError(f"state dir {state} holds the index of {known}, not {root}; "
+                              "pass another --state-dir")
+        if not known:
+            with store.batch():
+                store.set_meta("library_root", str(root))
+    finally:
+        store.close()
+    return root, state, db
+
+
+def make_embedder(config: cfg.Config, model: str | None = None, descriptor: str | None = None):
+    from simd.backbones import load_backbone
+    from simd.embedder import Embedder
+
+    backbone = load_backbone(model or config.model, weights=config.weights,
+                             allow_download=config.weights_download)
+    return Embedder(backbone, descriptor=descriptor or config.descriptor, batch_size=config.batch_size,
+                    max_pixels=config.max_image_pixels, tf_threads=config.tf_threads)
+
+
+def ignore_rules(config: cfg.Config) -> IgnoreRules:
+    return IgnoreRules(config.ignore)
+
+
+# -- serve / index
+def cmd_serve(config: cfg.Config, args) -> int:
+    from simd.daemon import Daemon
+
+    return Daemon(config).run()
+
+
+def cmd_index(config: cfg.Config, args) -> int:
+    from simd.indexer import Reconciler
+
+    root, state, db = prepare_state(config)
+    embedder = make_embedder(config)
+    store = Store(db)
+    bar = _ProgressBar(enabled=sys.stderr.isatty())
+    try:
+        with store.batch():
+            store.set_meta("model", embedder.model_id)
+        reconciler = Reconciler(root, store, embedder, None, ignore_rules(config),
+                                follow_symlinks=config.follow_symlinks, on_progress=bar.update)
+        summary = reconciler.run()
+    finally:
+        bar.close()
+        store.close()
+    result = summary.as_dict()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        parts = ", ".join(f"{k} {result[k]}" for k in ("new", "changed", "moved", "copied", "deleted",
+                                                         "failed", "unchanged", "embedded"))
+        print(f"{root}: {parts}; {result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s")
+        if summary.failed:
+            print(f"{summary.failed} file(s) could not be indexed: see `simd errors`", file=sys.stderr)
+    return 0
+
+
+class _ProgressBar:
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled or phase != "indexing" or not total:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc="indexing", file=sys.stderr)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- read-only commands: find the index first
+def find_state(config: cfg.Config, args, image: Path | None = None) -> Path:
+    """The state dir to read: --state-dir, else --library/config library, else the one index there is."""
+    if config.state_dir:
+        return config.state_path
+    library = getattr(args, "library", None) or config.library
+    if library:
+        return cfg.default_state_dir(Path(library))
+    base = cfg.default_state_dir(Path("/x")).parent
+    candidates = sorted(p.parent for p in base.glob(f"*/{DB_NAME}"))
+    if image is not None:
+        real = os.path.realpath(image)
+        for cand in candidates:
+            root = _meta(cand, "library_root")
+            if root and os.path.commonpath([os.path.realpath(root), real]) == os.path.realpath(root):
+                return cand
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ConfigError(f"no index found under {base}; run `simd index LIBRARY` first or pass --state-dir")
+    raise ConfigError("several indexes exist; pass --library or --state-dir: "
+                      + ", ".join(str(_meta(c, "library_root") or c) for c in candidates))
+
+
+def _meta(state: Path, key: str) -> str | None:
+    try:
+        store = Store(db_path(state), readonly=True)
+    except SimdError:
+        return None
+    try:
+        return store.get_meta(key)
+    finally:
+        store.close()
+
+
+def open_service(state: Path, embedder=None) -> SearchService:
+    from simd.vectors import VectorIndex
+
+    store = Store(db_path(state), readonly=True)
+    try:
+        model, root = store.get_meta("model"), store.get_meta("library_root")
+        if not model:
+            raise NotFound(f"the index in {state} is empty; run `simd index` first")
+        ids, matrix = store.load_vectors(model)
+    finally:
+        store.close()
+    dim = matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else (embedder.dim if embedder else 1)
+    vectors = VectorIndex(dim)
+    if len(ids):
+        vectors.replace_all(ids, matrix)
+    runtime = Runtime(state="idle", model=model, dim=dim, embedder=embedder)
+    return SearchService(db_path(state), Path(root or "."), state, vectors, runtime)
+
+
+def cmd_query(config: cfg.Config, args) -> int:
+    from simd.search import parse_k
+
+    k = parse_k(args.k)
+    image = Path(args.image).expanduser()
+    if not image.exists():
+        raise NotFound(f"{image}: no such file")
+    state = find_state(config, args, image)
+    service = open_service(state)
+    rel = _indexed_rel(service, image)
+    if rel is not None:
+        result = service.similar(path=rel, k=k)
+    else:
+        model = service.runtime.model
+        backbone, _, descriptor = model.partition("+")
+        embedder = make_embedder(config, model=backbone, descriptor=descriptor or "default")
+        if embedder.model_id != model:
+            raise SimdError(f"the index was built with {model}, which this simd cannot reproduce")
+        service.runtime.update(embedder=embedder)
+        try:
+            data = image.read_bytes()
+        except OSError as e:
+            raise SimdError(f"{image}: cannot read: {e.strerror or e}") from None
+        result = service.similar(data=data, name=str(image), k=k)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{len(result['results'])} most similar to {image} ({result['model']}):")
+    for rank, hit in enumerate(result["results"], 1):
+        print(f"{rank:>3}. {hit['score']:.4f}  {hit['path']}")
+    return 0
+
+
+def _indexed_rel(service: SearchService, image: Path) -> str | None:
+    """The library-relative path of IMAGE when it is indexed and unchanged since; else None."""
+    root = os.path.realpath(service.library_root)
+    real = os.path.realpath(image)
+    if os.path.commonpath([root, real]) != root or real == root:
+        return None
+    rel = os.path.relpath(real, root).replace(os.sep, "/")
+    row = service._store().get_by_path(rel)
+    if row is None or row["state"] != "ok" or row["model"] != service.runtime.model:
+        return None
+    st = os.stat(real)
+    return rel if (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"]) else None
+
+
+def cmd_status(config: cfg.Config, args) -> int:
+    state = find_state(config, args)
+    status = _live_status(config, state)
+    if status is None:
+        store = Store(db_path(state), readonly=True)
+        try:
+            model, root = store.get_meta("model"), store.get_meta("library_root") or ""
+            counts = store.counts(model)
+        finally:
+            store.close()
+        status = {"state": "idle" if root and Path(root).is_dir() else "offline", "indexed": counts["indexed"],
+                  "pending": counts.get("stale", 0), "failed": counts["failed"], "model": model or "",
+                  "dim": 0, "library": root, "total": counts["total"], "daemon": False}
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    print(f"library  {status['library']}\nstate    {status['state']}"
+          f"{'' if status.get('daemon', True) else ' (no daemon answering)'}\n"
+          f"indexed  {status['indexed']}\npending  {status['pending']}\nfailed   {status['failed']}\n"
+          f"model    {status['model'] or '-'}\nindex    {db_path(state)}")
+    return 0
+
+
+def _live_status(config: cfg.Config, state: Path) -> dict | None:
+    """Ask a running daemon of this library (at the configured address), if any, for its status."""
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    req = urllib.request.Request(f"http://{host}:{config.port}/api/status")
+    if config.token:
+        req.add_header("Authorization", f"Bearer {config.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=1.0) as resp:
+            status = json.load(resp)
+    except (OSError, ValueError):
+        return None
+    root = _meta(state, "library_root")
+    if not isinstance(status, dict) or status.get("library") != root:
+        return None
+    status["daemon"] = True
+    return status
+
+
+def cmd_errors(config: cfg.Config, args) -> int:
+    state = find_state(config, args)
+    store = Store(db_path(state), readonly=True)
+    try:
+        rows = store.errors()
+    finally:
+        store.close()
+    if not rows:
+        print("no errors")
+    for r in rows:
+        print(f"{r['path']}: {r['error']}")
+    return 0

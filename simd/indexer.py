@@ -1,0 +1,224 @@
+"""Apply a reconcile plan: hash what changed, reuse vectors by content, embed the rest, commit in batches.
+
+`Reconciler.run()` is used synchronously by `simd index` and from the daemon's single writer
+thread (`simd.worker.IndexWorker`). Each chunk of files is one `BEGIN IMMEDIATE` transaction, so
+a kill -9 loses at most the chunk in flight, which the next run redoes; deletions come last, after
+new paths had the chance to take over the vectors of the rows they replace (renames and moves).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simd.errors import ImageError, LibraryOffline
+from simd.ignore import IgnoreRules
+from simd.scanner import DiskFile, Plan, check_root, file_hash, has_entries, make_plan, stat_one, walk
+from simd.store import FileRecord, Store
+from simd.vectors import VectorIndex
+
+log = logging.getLogger(__name__)
+
+RECENT_DELETED_MAX = 5000  # vectors of just-deleted rows kept for moves whose two halves arrive apart
+RECENT_DELETED_SECONDS = 600.0
+
+
+@dataclass
+class Summary:
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    moved: int = 0
+    copied: int = 0
+    deleted: int = 0
+    failed: int = 0
+    embedded: int = 0
+    reembedded: int = 0  # stale rows (another model) brought to the active model
+    touched: int = 0  # stat changed, same bytes: only the stat was updated
+    unchanged: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        d["images_per_s"] = round(self.embedded / self.seconds, 2) if self.seconds > 0 else 0.0
+        return d
+
+
+class Reconciler:
+    """Owns the writer `Store`; must be used from one thread only."""
+
+    def __init__(self, root: Path, store: Store, embedder, vectors: VectorIndex | None, ignore: IgnoreRules,
+                 *, follow_symlinks: bool = False, chunk_size: int = 128,
+                 on_progress: Callable[[str, int, int], None] | None = None,
+                 stop: threading.Event | None = None):
+        self.root = Path(root)
+        self.store = store
+        self.embedder = embedder
+        self.vectors = vectors
+        self.ignore = ignore
+        self.follow_symlinks = follow_symlinks
+        self.chunk_size = chunk_size
+        self.on_progress = on_progress or (lambda phase, done, total: None)
+        self.stop = stop or threading.Event()
+        self._recent: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
+
+    @property
+    def model(self) -> str:
+        return self.embedder.model_id
+
+    # -- planning
+    def plan(self, paths: Iterable[str] | None = None) -> tuple[Plan, dict[str, FileRecord]]:
+        check_root(self.root)
+        self.on_progress("scanning", 0, 0)
+        if paths is None or "" in (paths := {p.strip("/") for p in paths}):
+            disk = walk(self.root, self.ignore, follow_symlinks=self.follow_symlinks)
+            records = self.store.records()
+            if not disk and records:
+                raise LibraryOffline(f"library root {self.root} is empty but the index holds {len(records)} "
+                                     "images; refusing to delete them (is a disk unmounted?)")
+        else:
+            disk, records = {}, {}
+            for rel in sorted(paths):
+                abs_path = self.root / rel
+                if abs_path.is_dir() and (self.follow_symlinks or not abs_path.is_symlink()):
+                    if not self.ignore.ignored(rel, True):
+                        disk.update(walk(self.root, self.ignore, follow_symlinks=self.follow_symlinks, under=rel))
+                elif (f := stat_one(self.root, rel, self.ignore, self.follow_symlinks)) is not None:
+                    disk[rel] = f
+                records.update(self.store.records(prefix=rel))
+        return make_plan(disk, records, self.model), records
+
+    # -- applying
+    def run(self, paths: Iterable[str] | None = None) -> Summary:
+        started = time.perf_counter()
+        plan, records = self.plan(paths)
+        summary = Summary(scanned=plan.scanned, unchanged=plan.unchanged)
+        gone_hashes = {rec.hash for rec in plan.gone if rec.hash and rec.state == "ok"}
+        moved_hashes: set[str] = set()
+        work = [("new", f) for f in plan.new] + [("changed", f) for f in plan.changed] + \
+               [("stale", f) for f in plan.stale]
+        total, done = len(work), 0
+        self.on_progress("indexing", 0, total)
+        for start in range(0, total, self.chunk_size):
+            if self.stop.is_set():
+                summary.interrupted = True
+                break
+            chunk = work[start:start + self.chunk_size]
+            self._apply_chunk(chunk, records, gone_hashes, moved_hashes, summary)
+            done += len(chunk)
+            self.on_progress("indexing", done, total)
+        if not summary.interrupted and plan.gone:
+            summary.deleted = self._delete(plan.gone, moved_hashes)
+        summary.seconds = time.perf_counter() - started
+        self.on_progress("done", total, total)
+        return summary
+
+    def _apply_chunk(self, chunk: list[tuple[str, DiskFile]], records: dict[str, FileRecord],
+                     gone_hashes: set[str], moved_hashes: set[str], summary: Summary) -> None:
+        writes: list[tuple] = []  # ("ok", f, hash, vec, kind) | ("failed", f, hash, reason, kind) | ...
+        to_embed: dict[str, list[tuple[str, DiskFile]]] = {}  # hash -> files with that new content
+        for kind, f in chunk:
+            abs_path = self.root / f.path
+            try:
+                digest = file_hash(abs_path)
+            except FileNotFoundError:
+                writes.append(("vanished", f, None, None, kind))
+                continue
+            except OSError as e:
+                writes.append(("failed", f, None, f"cannot read: {e.strerror or e}", kind))
+                continue
+            rec = records.get(f.path)
+            if kind == "changed" and rec and rec.hash == digest and rec.state == "ok" and rec.model == self.model:
+                writes.append(("touched", f, digest, None, kind))
+                continue
+            vec = self._reusable(digest)
+            if vec is not None:
+                writes.append(("ok", f, digest, vec, kind))
+                if kind == "new":
+                    if digest in gone_hashes or digest in self._recent:
+                        moved_hashes.add(digest)
+                        summary.moved += 1
+                    else:
+                        summary.copied += 1
+                continue
+            to_embed.setdefault(digest, []).append((kind, f))
+        if to_embed:
+            # One model call per distinct content: copies inside the chunk share the result.
+            firsts = [files[0][1] for files in to_embed.values()]
+            results = self.embedder.embed_files([self.root / f.path for f in firsts])
+            summary.embedded += len(firsts)
+            for (digest, files), result in zip(to_embed.items(), results, strict=True):
+                for kind, f in files:
+                    if isinstance(result, ImageError):
+                        writes.append(("failed", f, digest, result.reason, kind))
+                    else:
+                        writes.append(("ok", f, digest, np.asarray(result, dtype=np.float32), kind))
+        self._commit(writes, summary)
+
+    def _commit(self, writes: list[tuple], summary: Summary) -> None:
+        upserts: list[tuple[int, np.ndarray]] = []
+        removed: list[int] = []
+        with self.store.batch():
+            for what, f, digest, payload, kind in writes:
+                if what == "ok":
+                    image_id = self.store.put_ok(f.path, f.size, f.mtime_ns, digest, self.model, payload)
+                    upserts.append((image_id, payload))
+                    if kind == "new" and summary is not None:
+                        summary.new += 1
+                    elif kind == "changed":
+                        summary.changed += 1
+                    else:
+                        summary.reembedded += 1
+                elif what == "failed":
+                    image_id = self.store.put_failed(f.path, f.size, f.mtime_ns, digest, payload)
+                    removed.append(image_id)
+                    summary.failed += 1
+                    log.warning("skipping %s: %s", f.path, payload)
+                elif what == "touched":
+                    self.store.update_stat(f.path, f.size, f.mtime_ns)
+                    summary.touched += 1
+                elif what == "vanished":
+                    removed.extend(self.store.delete_paths([f.path]))
+        if self.vectors is not None:
+            if upserts:
+                self.vectors.upsert([i for i, _ in upserts], np.stack([v for _, v in upserts]))
+            if removed:
+                self.vectors.remove(removed)
+
+    def _delete(self, gone: list[FileRecord], moved_hashes: set[str]) -> int:
+        # The root may have vanished while we embedded: deleting now would empty the index.
+        check_root(self.root)
+        if not has_entries(self.root):
+            raise LibraryOffline(f"library root {self.root} became empty; keeping the index")
+        for rec in gone:
+            if rec.hash and rec.state == "ok" and rec.model == self.model and self.vectors is not None:
+                vec = self.vectors.get(rec.id)
+                if vec is not None:
+                    self._remember(rec.hash, vec)
+        with self.store.batch():
+            ids = self.store.delete_paths([rec.path for rec in gone])
+        if self.vectors is not None:
+            self.vectors.remove(ids)
+        return sum(1 for rec in gone if rec.hash not in moved_hashes)
+
+    # -- content reuse
+    def _reusable(self, digest: str) -> np.ndarray | None:
+        hit = self._recent.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < RECENT_DELETED_SECONDS:
+            return hit[1]
+        return self.store.vector_for_hash(digest, self.model)
+
+    def _remember(self, digest: str, vec: np.ndarray) -> None:
+        self._recent[digest] = (time.monotonic(), np.array(vec, dtype=np.float32))
+        self._recent.move_to_end(digest)
+        while len(self._recent) > RECENT_DELETED_MAX:
+            self._recent.popitem(last=False)

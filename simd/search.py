@@ -1,0 +1,227 @@
+"""The read side shared by the HTTP API and `simd query`: status, similar images, browsing, files.
+
+It never writes: it reads the store through its own read-only connection (one per thread) and the
+in-RAM `VectorIndex` the indexer keeps in step. The indexer and daemon publish their progress in a
+`Runtime`, which this service reports.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simd.errors import BadRequest, NotFound, NotReady
+from simd.store import Store
+from simd.vectors import VectorIndex
+
+K_MAX = 100
+STATES = ("starting", "scanning", "indexing", "idle", "offline")
+
+
+@dataclass
+class Runtime:
+    """What the daemon is doing now; written by the daemon/indexer threads, read by requests."""
+
+    state: str = "starting"
+    pending: int = 0
+    model: str | None = None
+    dim: int | None = None
+    progress: dict | None = None  # the current reconcile: {"phase", "done", "total", "started_at"}
+    last_error: str | None = None
+    embedder: Any = None  # set once the model is loaded; uploads need it
+    request_rescan: Callable[[], None] = field(default=lambda: None)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def update(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                if not hasattr(self, key) or key.startswith("_"):
+                    raise AttributeError(key)
+                setattr(self, key, value)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"state": self.state, "pending": self.pending, "model": self.model, "dim": self.dim,
+                    "progress": dict(self.progress) if self.progress else None, "last_error": self.last_error}
+
+
+def parse_k(value: Any, default: int = 10) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        k = int(str(value).strip())
+    except ValueError:
+        raise BadRequest(f"k must be an integer from 1 to {K_MAX}, got {value!r}") from None
+    if not 1 <= k <= K_MAX:
+        raise BadRequest(f"k must be from 1 to {K_MAX}, got {k}")
+    return k
+
+
+def parse_min_score(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        score = float(str(value).strip())
+    except ValueError:
+        raise BadRequest(f"min_score must be a number from -1 to 1, got {value!r}") from None
+    if not -1.0 <= score <= 1.0:
+        raise BadRequest(f"min_score must be from -1 to 1, got {score}")
+    return score
+
+
+def normalise_rel(path: str) -> str:
+    """A library-relative path as the store keeps it: '/' separators, no leading './' or '/'."""
+    rel = path.replace("\\", "/").strip()
+    while rel.startswith("./"):
+        rel = rel[2:]
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or path.startswith("/"):
+        raise NotFound(f"no indexed image at {path!r}")
+    return "/".join(parts)
+
+
+class SearchService:
+    def __init__(self, db_path: Path, library_root: Path, state_dir: Path, vectors: VectorIndex,
+                 runtime: Runtime):
+        self.db_path = Path(db_path)
+        self.library_root = Path(library_root)
+        self.state_dir = Path(state_dir)
+        self.vectors = vectors
+        self.runtime = runtime
+        self._local = threading.local()
+
+    # -- store access: one read-only connection per thread (sqlite connections are not shared)
+    def _store(self) -> Store:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = Store(self.db_path, readonly=True)
+        return store
+
+    def status(self) -> dict:
+        snap = self.runtime.snapshot()
+        counts = self._store().counts(snap["model"])
+        return {
+            "state": snap["state"],
+            "indexed": counts["indexed"],
+            "pending": snap["pending"] + counts.get("stale", 0),
+            "failed": counts["failed"],
+            "model": snap["model"] or "",
+            "dim": snap["dim"] or 0,
+            "library": str(self.library_root),
+            "total": counts["total"],
+            "progress": snap["progress"],
+            "last_error": snap["last_error"],
+            "library_online": snap["state"] != "offline",
+            # images sent through the network since start: renames and moves must not raise it
+            "embedded": getattr(self.runtime.embedder, "images_embedded", 0),
+        }
+
+    def similar(self, *, image_id: Any = None, path: str | None = None, data: bytes | None = None,
+                name: str = "upload", k: int = 10, min_score: float | None = None) -> dict:
+        model = self.runtime.model
+        if model is None:
+            raise NotReady("the model is still loading; try again in a moment")
+        started = time.perf_counter()
+        if data is not None:
+            embedder = self.runtime.embedder
+            if embedder is None:
+                raise NotReady("the model is still loading; try again in a moment")
+            query_vec = embedder.embed_bytes(data, name)
+            query = {"upload": name}
+            exclude: tuple[int, ...] = ()
+        else:
+            row = self._query_row(image_id, path)
+            query_vec = self.vectors.get(row["id"])
+            if query_vec is None:
+                query_vec = self._store().vector_of(row["id"], model)
+            if query_vec is None:
+                if row["state"] == "failed":
+                    raise NotFound(f"{row['path']} could not be indexed: {row['error']}")
+                raise NotReady(f"{row['path']} is not indexed with {model} yet; try again shortly")
+            query = {"id": row["id"], "path": row["path"]}
+            exclude = (row["id"],)
+        hits = self.vectors.search(np.asarray(query_vec, dtype=np.float32), k, exclude_ids=exclude)
+        results = []
+        store = self._store()
+        for hit_id, score in hits:
+            if min_score is not None and score < min_score:
+                break
+            hit = store.get(hit_id)
+            if hit is None:  # deleted between the search and now
+                continue
+            results.append({"id": hit_id, "path": hit["path"], "score": round(float(score), 4)})
+        return {"model": model, "query": query, "k": k, "results": results,
+                "took_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+    def _query_row(self, image_id: Any, path: str | None) -> dict:
+        if image_id is not None and image_id != "":
+            try:
+                iid = int(str(image_id))
+            except ValueError:
+                raise BadRequest(f"id must be an integer, got {image_id!r}") from None
+            row = self._store().get(iid)
+            if row is None:
+                raise NotFound(f"no image with id {iid}")
+            return row
+        if path:
+            row = self._store().get_by_path(normalise_rel(path))
+            if row is None:
+                raise NotFound(f"no indexed image at {path!r}")
+            return row
+        raise BadRequest("give id=, path= or an image upload")
+
+    def list_images(self, offset: Any = 0, limit: Any = 50, q: str | None = "") -> dict:
+        offset_i = _int_param("offset", offset, 0, 0, None)
+        limit_i = _int_param("limit", limit, 50, 1, 500)
+        rows, total = self._store().list_images(offset_i, limit_i, (q or "").strip())
+        return {"images": [_public(r) for r in rows], "total": total, "offset": offset_i, "limit": limit_i}
+
+    def get_image(self, image_id: Any) -> dict:
+        try:
+            iid = int(str(image_id))
+        except ValueError:
+            raise NotFound(f"no image with id {image_id!r}") from None
+        row = self._store().get(iid)
+        if row is None:
+            raise NotFound(f"no image with id {iid}")
+        return _public(row)
+
+    def resolve_file(self, image_id: Any) -> Path:
+        """The real path of an indexed image, only if it lies inside the library's real root."""
+        row = self.get_image(image_id)
+        root = os.path.realpath(self.library_root)
+        real = os.path.realpath(os.path.join(root, *row["path"].split("/")))
+        if os.path.commonpath([root, real]) != root or real == root or not os.path.isfile(real):
+            raise NotFound(f"image {row['id']} is not available")
+        return Path(real)
+
+    def errors(self) -> list[dict]:
+        return [{"id": r["id"], "path": r["path"], "error": r["error"], "size": r["size"],
+                 "mtime": r["mtime_ns"] / 1e9} for r in self._store().errors()]
+
+    def rescan(self) -> None:
+        self.runtime.request_rescan()
+
+
+def _int_param(name: str, value: Any, default: int, lo: int, hi: int | None) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
+    if n < lo or (hi is not None and n > hi):
+        raise BadRequest(f"{name} must be from {lo} to {hi}, got {n}" if hi else f"{name} must be >= {lo}")
+    return n
+
+
+def _public(row: dict) -> dict:
+    return {"id": row["id"], "path": row["path"], "size": row["size"], "mtime": row["mtime_ns"] / 1e9,
+            "state": row["state"], "error": row.get("error"), "model": row.get("model")}

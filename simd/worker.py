@@ -1,0 +1,144 @@
+"""The daemon's single writer: a thread fed by a queue of reconcile requests.
+
+Watcher paths and full-rescan requests are coalesced: whatever piled up while a run was busy
+becomes one run. It owns the only writer `Store` connection (created inside the thread, as SQLite
+connections belong to the thread that made them). Stopped with a sentinel and `join(timeout)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from simd.errors import LibraryOffline
+from simd.ignore import IgnoreRules
+from simd.indexer import Reconciler
+from simd.scanner import has_entries
+from simd.search import Runtime
+from simd.store import Store
+from simd.vectors import VectorIndex
+
+log = logging.getLogger(__name__)
+
+_FULL = object()
+_STOP = object()
+OFFLINE_RETRY_SECONDS = 5.0
+
+
+class IndexWorker:
+    def __init__(self, db_path: Path, root: Path, embedder, vectors: VectorIndex, ignore: IgnoreRules,
+                 runtime: Runtime, *, follow_symlinks: bool = False, chunk_size: int = 128):
+        self.db_path, self.root = Path(db_path), Path(root)
+        self.embedder, self.vectors, self.ignore, self.runtime = embedder, vectors, ignore, runtime
+        self.follow_symlinks, self.chunk_size = follow_symlinks, chunk_size
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="simd-indexer", daemon=True)
+        self.last_beat = time.monotonic()
+        self.runs = 0  # completed runs, for tests and status
+        self._offline_since: float | None = None
+
+    # -- control (any thread)
+    def start(self) -> None:
+        self._thread.start()
+
+    def request_full(self, reason: str = "requested") -> None:
+        log.info("full reconcile queued (%s)", reason)
+        self._queue.put(_FULL)
+
+    def submit(self, paths: set[str]) -> None:
+        if paths:
+            self._queue.put(set(paths))
+            self.runtime.update(pending=self.runtime.pending + len(paths))
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        """Ask the thread to finish the chunk in flight (or drop it) and exit; True if it did."""
+        self._stop.set()
+        self._queue.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the thread
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        self._beat()
+        if phase == "scanning":
+            self.runtime.update(state="scanning", progress={"phase": "scanning", "done": 0, "total": 0})
+        elif phase == "indexing":
+            self.runtime.update(state="indexing" if total else "scanning", pending=max(total - done, 0),
+                                progress={"phase": "indexing", "done": done, "total": total})
+
+    def _run(self) -> None:
+        store = Store(self.db_path)
+        reconciler = Reconciler(self.root, store, self.embedder, self.vectors, self.ignore,
+                                follow_symlinks=self.follow_symlinks, chunk_size=self.chunk_size,
+                                on_progress=self._progress, stop=self._stop)
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    self._beat()
+                    self._retry_if_back_online()
+                    continue
+                full, paths = self._drain(item)
+                if self._stop.is_set():
+                    break
+                self._one_run(reconciler, None if full else paths)
+        finally:
+            store.close()
+
+    def _drain(self, first) -> tuple[bool, set[str]]:
+        full, paths, item = False, set(), first
+        while True:
+            if item is _STOP:
+                self._stop.set()
+            elif item is _FULL:
+                full = True
+            else:
+                paths |= item
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return full, paths
+
+    def _one_run(self, reconciler: Reconciler, paths: set[str] | None) -> None:
+        self._beat()
+        try:
+            summary = reconciler.run(paths)
+        except LibraryOffline as e:
+            log.warning("%s", e)
+            self._offline_since = time.monotonic()
+            self.runtime.update(state="offline", pending=0, progress=None, last_error=str(e))
+            return
+        except Exception as e:  # a bug or a resource error must not kill the only writer
+            log.exception("reconcile failed")
+            self.runtime.update(state="idle", pending=0, progress=None, last_error=f"reconcile failed: {e}")
+            return
+        finally:
+            self._beat()
+        self.runs += 1
+        self._offline_since = None
+        if summary.interrupted:
+            return
+        still_queued = self._queue.qsize()
+        self.runtime.update(state="idle" if not still_queued else "scanning", pending=0, progress=None)
+        if summary.embedded or summary.deleted or summary.moved or summary.failed or summary.changed:
+            log.info("indexed: %s", {k: v for k, v in summary.as_dict().items() if v})
+
+    def _retry_if_back_online(self) -> None:
+        if self._offline_since is None or time.monotonic() - self._offline_since < OFFLINE_RETRY_SECONDS:
+            return
+        self._offline_since = time.monotonic()
+        if has_entries(self.root):
+            log.info("library root %s is back; reconciling", self.root)
+            self._queue.put(_FULL)

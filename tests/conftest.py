@@ -1,0 +1,61 @@
+"""Shared fixtures: an honest fake embedder for unit tests, and a guard against leaked threads.
+
+Unit tests of the index pass a `PixelEmbedder` (DESIGN example 4: the model is passed in); it decodes
+with the real `simd.imaging` and turns the pixels into a small vector, so equal pictures get equal
+vectors and different ones differ. End-to-end tests load the real networks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import PixelEmbedder
+
+# Nothing in the tests may reach the network; Keras would try to download ImageNet weights.
+os.environ.setdefault("SIMD_WEIGHTS_DOWNLOAD", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.pop("NOTIFY_SOCKET", None)
+
+
+@pytest.fixture
+def fake_embedder():
+    return PixelEmbedder()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks():
+    """Fail a test that leaves threads running (watchdog's tests/conftest.py does the same)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
+                  and not _tolerated(t)]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"threads leaked: {[t.name for t in leaked]}"
+
+
+def _tolerated(t: threading.Thread) -> bool:
+    # Pools owned by libraries for the whole process (TensorFlow, the embedder's shared decode pool).
+    return t.name.startswith(("ThreadPoolExecutor", "simd-decode", "tf_", "Dummy-"))
+
+
+@pytest.fixture
+def library(tmp_path) -> Path:
+    root = tmp_path / "library"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def state_dir(tmp_path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
