@@ -82,14 +82,15 @@ class Daemon:
         self.runtime.update(model=embedder.model_id, dim=embedder.dim, embedder=embedder,
                             request_rescan=lambda: self.worker.request_full("rescan requested"))
         self.worker.start()
-        self.worker.request_full("startup")
+        # Watch first, then walk: a change made during the startup walk is then seen by one or the other.
         self.watcher = Watcher(root, self.worker.submit, settle_seconds=self.config.settle_seconds,
                                ignore=ignore, observer=self.config.observer, on_trouble=self._on_trouble,
                                follow_symlinks=self.config.follow_symlinks)
         self.watcher.start()
+        self.worker.request_full("startup")
 
     def _on_trouble(self, reason: str) -> None:
-        log.warning("watcher: %s; reconciling by scanning", reason)
+        log.info("watcher: %s; reconciling by scanning", reason)  # the watcher already warned
         self.runtime.update(last_error=f"watcher: {reason}")
         self.worker.request_full(reason)
 

@@ -1,0 +1,111 @@
+"""The shipped unit files load cleanly in systemd and the system instance is well sandboxed.
+
+`systemd-analyze verify` exits 0 even on unknown or misspelt keys (it only warns), so the tests
+demand an empty stderr. It also insists that ExecStart's binary exists: the user unit gets a fake
+`~/.local/bin/simd` under a temporary HOME, the system template a copy pointing at a real binary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from simd import config as cfg
+
+UNITS = Path(__file__).resolve().parent.parent / "systemd"
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed "
+                                   "(apt-get install systemd); the unit files were not checked")
+
+
+def _run(args: list[str], cwd: Path, home: Path) -> subprocess.CompletedProcess:
+    runtime = home / "runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_LEVEL": "notice",
+           "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "LC_ALL": "C.UTF-8"}
+    env.pop("XDG_CONFIG_HOME", None)
+    return subprocess.run([ANALYZE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def template_copy(tmp_path) -> Path:
+    """simd@.service with ExecStart pointing at an executable that exists here."""
+    text = (UNITS / "simd@.service").read_text()
+    assert "ExecStart=/opt/simd/.venv/bin/simd " in text
+    unit = tmp_path / "simd@.service"
+    unit.write_text(text.replace("/opt/simd/.venv/bin/simd", shutil.which("true") or "/bin/true"))
+    return unit
+
+
+@needs_analyze
+def test_user_unit_verifies_cleanly(tmp_path):
+    home = tmp_path / "home"
+    binary = home / ".local" / "bin" / "simd"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    shutil.copy(UNITS / "simd.service", tmp_path / "simd.service")
+    r = _run(["--user", "verify", "./simd.service"], tmp_path, home)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@needs_analyze
+def test_system_template_verifies_cleanly(tmp_path, template_copy):
+    r = _run(["verify", "./simd@test.service"], tmp_path, tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@needs_analyze
+def test_verify_catches_a_misspelt_key(tmp_path, template_copy):
+    """Guards the guard: a typo must show up on stderr, or the tests above prove nothing."""
+    template_copy.write_text(template_copy.read_text().replace("ProtectClock=yes", "ProtectClok=yes"))
+    r = _run(["verify", "./simd@test.service"], tmp_path, tmp_path)
+    assert "ProtectClok" in r.stderr
+
+
+@needs_analyze
+def test_system_instance_exposure_is_low(tmp_path, template_copy):
+    r = _run(["security", "--offline=true", "--no-pager", "./simd@test.service"], tmp_path, tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"Overall exposure level for simd@test\.service:\s*([0-9.]+)", r.stdout)
+    assert m, r.stdout[-2000:]
+    assert float(m.group(1)) <= 2.0, r.stdout
+
+
+def _directives(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+@pytest.mark.parametrize("name", ["simd.service", "simd@.service"])
+def test_units_are_notify_services_with_a_watchdog(name):
+    d = _directives(UNITS / name)
+    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]
+    assert d["WatchdogSec"] == ["60"] and d["Restart"] == ["on-failure"]
+    assert d["TimeoutStartSec"] == ["300"] and d["TimeoutStopSec"] == ["20"]
+    assert d["RestartPreventExitStatus"] == ["2"]
+    assert "--config" in d["ExecStart"][0].split()
+
+
+def test_system_template_paths():
+    d = _directives(UNITS / "simd@.service")
+    assert d["ExecStart"] == ["/opt/simd/.venv/bin/simd serve --config /etc/simd/%i.toml --state-dir /var/lib/simd/%i"]
+    assert d["StateDirectory"] == ["simd/%i"] and d["User"] == ["simd"]
+    assert "KERAS_HOME=/var/lib/simd/%i/keras" in d["Environment"][0].split()
+    assert "MemoryDenyWriteExecute" not in d
+
+
+def test_example_config_is_valid():
+    data = tomllib.loads((UNITS / "example.toml").read_text())
+    conf = cfg.Config(data).validate()
+    assert conf.library == "/srv/photos" and cfg.is_loopback(conf.host)
