@@ -1,0 +1,182 @@
+"""The JSON API (`/api/...`) and `/healthz`. Handlers parse parameters and call `SearchService`.
+
+Files are reachable by id only: `service.resolve_file(id)` checks that the real path lies inside the
+library's real root; the file is then opened without following a symlink and served with the
+Content-Type sniffed from its first bytes (never from its name).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+from flask import Blueprint, request, send_file, url_for
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+
+from simd import imaging
+from simd.errors import BadRequest, ImageError, NotFound, TooLarge
+from simd.search import parse_k, parse_min_score
+from simd.web import service, state
+
+bp = Blueprint("api", __name__)
+
+FILE_MAX_AGE = 60  # seconds a browser may reuse a thumbnail or file before revalidating (ETag)
+_ID = re.compile(r"[0-9]{1,18}")
+
+
+def _image_id(value: str) -> int:
+    """Ids are decimal integers; anything else (traversal attempts included) is an unknown image."""
+    if not _ID.fullmatch(value):
+        raise NotFound(f"no image with id {value!r}")
+    return int(value)
+
+
+def _links(item: dict) -> dict:
+    item["thumb"] = url_for("api.image_thumb", image_id=item["id"])
+    item["url"] = url_for("api.image_file", image_id=item["id"])
+    return item
+
+
+@bp.get("/healthz")
+def healthz():
+    return {"ok": True}
+
+
+@bp.get("/api/status")
+def status():
+    out = service().status()
+    out.setdefault("max_upload_mb", state().config.max_upload_mb)
+    return out
+
+
+@bp.get("/api/similar")
+def similar_get():
+    args = request.args
+    image_id, path = args.get("id"), args.get("path")
+    if image_id not in (None, "") and path not in (None, ""):
+        raise BadRequest("give either id= or path=, not both")
+    out = service().similar(image_id=image_id, path=path, k=parse_k(args.get("k")),
+                            min_score=parse_min_score(args.get("min_score")))
+    return _similar_links(out)
+
+
+@bp.post("/api/similar")
+def similar_post():
+    k = parse_k(request.args.get("k"))
+    min_score = parse_min_score(request.args.get("min_score"))
+    data, name = _read_upload()
+    out = service().similar(data=data, name=name, k=k, min_score=min_score)
+    return _similar_links(out)
+
+
+def _similar_links(out: dict) -> dict:
+    for r in out["results"]:
+        _links(r)
+    if "id" in out.get("query", {}):
+        _links(out["query"])
+    return out
+
+
+def _read_upload() -> tuple[bytes, str]:
+    """The uploaded bytes, read into memory under the cap (multipart field `image`, or the raw body)."""
+    cap = state().max_upload_bytes
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("image")
+        if upload is None:
+            raise BadRequest("send the image as the multipart field 'image' (or as the raw request body)")
+        data = upload.stream.read(cap + 1)
+        name = os.path.basename((upload.filename or "").replace("\\", "/")) or "upload"
+    else:
+        data = request.stream.read(cap + 1)
+        name = os.path.basename((request.args.get("name") or "").replace("\\", "/")) or "upload"
+    if len(data) > cap:
+        raise TooLarge(f"the upload is larger than the {state().config.max_upload_mb:g} MB limit")
+    if not data:
+        raise ImageError(name, "empty upload")
+    return data, name[:200]
+
+
+@bp.get("/api/images")
+def images():
+    args = request.args
+    out = service().list_images(offset=args.get("offset"), limit=args.get("limit"), q=args.get("q", ""))
+    for item in out["images"]:
+        _links(item)
+    return out
+
+
+@bp.get("/api/images/<image_id>")
+def image_info(image_id: str):
+    return _links(service().get_image(_image_id(image_id)))
+
+
+@bp.get("/api/images/<image_id>/file")
+def image_file(image_id: str):
+    iid = _image_id(image_id)
+    real = service().resolve_file(iid)
+    fh, st = _open_regular(real, iid)
+    try:
+        mime = imaging.CONTENT_TYPES.get(imaging.sniff_format(os.pread(fh.fileno(), 256, 0)) or "")
+        if mime is None:
+            raise ImageError(real.name, "not an image simd can serve")
+    except BaseException:
+        fh.close()
+        raise
+    return _send(fh, st, mime, real.name, etag=f"f{iid}-{st.st_size}-{st.st_mtime_ns}")
+
+
+@bp.get("/api/images/<image_id>/thumb")
+def image_thumb(image_id: str):
+    iid = _image_id(image_id)
+    real = service().resolve_file(iid)
+    thumb = state().thumbs.get(iid, real)
+    fh, st = _open_regular(thumb, iid)
+    return _send(fh, st, "image/jpeg", f"{real.stem}.thumb.jpg", etag=f"t{iid}-{thumb.stem}")
+
+
+def _open_regular(path, iid: int):
+    """Open without following a symlink at the last component; only regular files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise NotFound(f"image {iid} is not available") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotFound(f"image {iid} is not available")
+    return os.fdopen(fd, "rb"), st
+
+
+def _send(fh, st, mimetype: str, name: str, etag: str):
+    """send_file with ETag/Last-Modified, conditional GET and ranges, from an open file object."""
+    rv = send_file(fh, mimetype=mimetype, download_name=name, conditional=False, etag=etag,
+                   last_modified=st.st_mtime, max_age=FILE_MAX_AGE)
+    rv.content_length = st.st_size
+    rv.headers["Cache-Control"] = f"private, max-age={FILE_MAX_AGE}"
+    try:
+        return rv.make_conditional(request.environ, accept_ranges=True, complete_length=st.st_size)
+    except RequestedRangeNotSatisfiable:
+        rv.close()
+        raise
+
+
+@bp.get("/api/errors")
+def errors():
+    items = service().errors()
+    for item in items:
+        _links(item)
+    return {"errors": items, "total": len(items)}
+
+
+@bp.post("/api/rescan")
+def rescan():
+    service().rescan()
+    return {"ok": True, "message": "a full rescan of the library was requested"}, 202
+
+
+@bp.get("/api/openapi.json")
+def openapi():
+    from simd.web.openapi import build_spec
+
+    return build_spec()

@@ -1,0 +1,137 @@
+"""The OpenAPI 3.1 description of the JSON API, served at `/api/openapi.json`.
+
+`tests/test_openapi.py` checks that the documented paths and methods equal the app's url_map, so a
+route added without documentation (or documented but gone) fails the tests.
+"""
+
+from __future__ import annotations
+
+from simd import __version__
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict:
+    return _json(_ref("Error"), description)
+
+
+def _q(name: str, schema: dict, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+_ID_PARAM = {"name": "image_id", "in": "path", "required": True,
+             "schema": {"type": "integer", "minimum": 0}, "description": "The image id."}
+_K = _q("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "How many results.")
+_MIN_SCORE = _q("min_score", {"type": "number", "minimum": -1, "maximum": 1},
+                "Leave out results whose cosine similarity is below this.")
+_COMMON = {"401": _err("A token is configured and the request lacks `Authorization: Bearer <token>`."),
+           "500": _err("Unexpected server error.")}
+_IMAGE_BYTES = {"description": "The image bytes.",
+                "content": {"image/*": {"schema": {"type": "string", "contentMediaType": "image/*"}}},
+                "headers": {"ETag": {"schema": {"type": "string"}},
+                            "Last-Modified": {"schema": {"type": "string"}}}}
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+    "Status": {"type": "object", "required": ["state", "indexed", "pending", "failed", "model", "dim", "library"],
+               "properties": {
+                   "state": {"enum": ["starting", "scanning", "indexing", "idle", "offline"]},
+                   "indexed": {"type": "integer"}, "pending": {"type": "integer"},
+                   "failed": {"type": "integer"}, "total": {"type": "integer"},
+                   "model": {"type": "string"}, "dim": {"type": "integer"}, "library": {"type": "string"},
+                   "progress": {"type": ["object", "null"]}, "last_error": {"type": ["string", "null"]},
+                   "max_upload_mb": {"type": "number"}}},
+    "Result": {"type": "object", "required": ["id", "path", "score", "thumb", "url"], "properties": {
+        "id": {"type": "integer"}, "path": {"type": "string", "description": "Relative to the library root."},
+        "score": {"type": "number", "description": "Cosine similarity, -1 to 1; higher is more similar."},
+        "thumb": {"type": "string", "format": "uri-reference"}, "url": {"type": "string", "format": "uri-reference"}}},
+    "Similar": {"type": "object", "required": ["model", "query", "results"], "properties": {
+        "model": {"type": "string"}, "query": {"type": "object"}, "k": {"type": "integer"},
+        "results": {"type": "array", "items": _ref("Result"), "description": "Best first; the query excluded."},
+        "took_ms": {"type": "number"}}},
+    "Image": {"type": "object", "required": ["id", "path", "thumb", "url"], "properties": {
+        "id": {"type": "integer"}, "path": {"type": "string"}, "size": {"type": "integer"},
+        "mtime": {"type": "number"}, "state": {"enum": ["ok", "failed"]},
+        "error": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]},
+        "thumb": {"type": "string"}, "url": {"type": "string"}}},
+    "ImageList": {"type": "object", "required": ["images", "total", "offset", "limit"], "properties": {
+        "images": {"type": "array", "items": _ref("Image")}, "total": {"type": "integer"},
+        "offset": {"type": "integer"}, "limit": {"type": "integer"}}},
+    "Errors": {"type": "object", "required": ["errors", "total"], "properties": {
+        "errors": {"type": "array", "items": {"type": "object"}}, "total": {"type": "integer"}}},
+}
+
+
+def _op(summary: str, responses: dict, parameters: list | None = None, **extra) -> dict:
+    op = {"summary": summary, "parameters": parameters or [], "responses": {**responses, **_COMMON}}
+    op.update(extra)
+    return op
+
+
+PATHS = {
+    "/healthz": {"get": {"summary": "Liveness: 200 while the process runs (no token needed).",
+                         "security": [],
+                         "responses": {"200": _json({"type": "object"}, "`{\"ok\": true}`")}}},
+    "/api/status": {"get": _op("Indexing state and counts.", {"200": _json(_ref("Status"), "The status.")})},
+    "/api/similar": {
+        "get": _op("The k images most similar to an indexed image (by id or path).", {
+            "200": _json(_ref("Similar"), "Results, best first."),
+            "400": _err("Bad parameter (k, min_score, id)."), "404": _err("Unknown image."),
+            "503": _err("The model is loading or the image is not indexed yet.")},
+            [_q("id", {"type": "integer"}, "Image id (or give path)."),
+             _q("path", {"type": "string"}, "Path relative to the library root, '/' separators."),
+             _K, _MIN_SCORE]),
+        "post": _op("The k indexed images most similar to an uploaded image (never stored).", {
+            "200": _json(_ref("Similar"), "Results, best first."),
+            "400": _err("Bad parameter."), "413": _err("The upload is larger than max_upload_mb."),
+            "415": _err("The upload is not a decodable image."), "503": _err("The model is still loading.")},
+            [_K, _MIN_SCORE, _q("name", {"type": "string"}, "A name for a raw-body upload (messages only).")],
+            requestBody={"required": True, "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                    "image": {"type": "string", "contentMediaType": "application/octet-stream"}}}},
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "contentMediaType": "application/octet-stream"}}}}),
+    },
+    "/api/images": {"get": _op("Browse the library by path, with a filename filter.", {
+        "200": _json(_ref("ImageList"), "A page of images."), "400": _err("Bad offset or limit.")},
+        [_q("offset", {"type": "integer", "minimum": 0, "default": 0}, "First row."),
+         _q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Rows per page."),
+         _q("q", {"type": "string"}, "Case-insensitive substring of the path.")])},
+    "/api/images/{image_id}": {"get": _op("One image's record.", {
+        "200": _json(_ref("Image"), "The image."), "404": _err("Unknown image.")}, [_ID_PARAM])},
+    "/api/images/{image_id}/thumb": {"get": _op("A JPEG thumbnail, long side <= 256 px.", {
+        "200": {**_IMAGE_BYTES, "content": {"image/jpeg": {"schema": {"type": "string"}}}},
+        "304": {"description": "Not modified."}, "404": _err("Unknown image."),
+        "415": _err("The file cannot be decoded.")}, [_ID_PARAM])},
+    "/api/images/{image_id}/file": {"get": _op("The original file (Content-Type sniffed from its bytes).", {
+        "200": _IMAGE_BYTES, "206": {"description": "A byte range."}, "304": {"description": "Not modified."},
+        "404": _err("Unknown image, or its file is gone or outside the library."),
+        "415": _err("The file is not an image.")}, [_ID_PARAM])},
+    "/api/errors": {"get": _op("Files that could not be indexed, with the reason.", {
+        "200": _json(_ref("Errors"), "The failed files.")})},
+    "/api/rescan": {"post": _op("Ask for a full reconcile of the library.", {
+        "202": _json({"type": "object"}, "Requested."), "503": _err("Not ready.")})},
+    "/api/openapi.json": {"get": _op("This document.", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
+}
+
+
+def build_spec() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "simd", "version": __version__,
+                 "description": "The similar-image daemon's JSON API. Errors are always "
+                                "`{\"error\": {\"code\", \"message\"}}`."},
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "Required on /api/* only when the server has a token."}}},
+        "security": [{}, {"bearer": []}],
+    }

@@ -1,0 +1,60 @@
+"""`/api/openapi.json` documents exactly the routes the app has (kept in step by this test)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from webfixtures import build_env, web_config
+
+from simd.web import create_app
+
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+NOT_API = {"/", "/static/<path:filename>", "/static/<filename>"}
+
+
+@pytest.fixture
+def app(tmp_path):
+    return create_app(web_config(), build_env(tmp_path, count=2, size=(64, 48)).service)
+
+
+def _routes(app) -> set[tuple[str, str]]:
+    out = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule in NOT_API:
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        out |= {(path, m.lower()) for m in rule.methods - IGNORED_METHODS}
+    return out
+
+
+def test_documented_paths_equal_the_url_map(app):
+    spec = app.test_client().get("/api/openapi.json").get_json()
+    documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert documented == _routes(app)
+
+
+def test_spec_is_openapi_31_and_self_consistent(app):
+    spec = app.test_client().get("/api/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.1")
+    assert spec["info"]["title"] == "simd"
+    schemas = spec["components"]["schemas"]
+    refs = set(re.findall(r'"#/components/schemas/([A-Za-z]+)"', str(spec).replace("'", '"')))
+    assert refs and refs <= set(schemas)
+    for path, ops in spec["paths"].items():
+        params = set(re.findall(r"{([a-z_]+)}", path))
+        for method, op in ops.items():
+            assert op["responses"], (path, method)
+            in_path = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert in_path == params, (path, method)
+            for status, resp in op["responses"].items():
+                if int(status) >= 400:
+                    assert resp["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_status_schema_lists_the_contract_fields(app):
+    spec = app.test_client().get("/api/openapi.json").get_json()
+    required = set(spec["components"]["schemas"]["Status"]["required"])
+    assert {"state", "indexed", "pending", "failed", "model", "dim", "library"} <= required
+    status = app.test_client().get("/api/status").get_json()
+    assert required <= set(status)
