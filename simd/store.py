@@ -1,0 +1,428 @@
+"""All SQL of simd: the `images` and `meta` tables of one SQLite file, through sqlite-utils.
+
+Threading: a `Store` owns one connection, guarded by the Store's lock, so a Store may be shared
+between threads (every call is serialised; a `batch()` holds the lock until it ends). The daemon
+still gives each thread its own Store: one writer `Store` owned by the indexer thread, and readers
+open `Store(path, readonly=True)` (a `mode=ro` connection: never writes, never migrates). With WAL a
+reader sees the last committed batch while the writer works on the next.
+
+Writes happen only inside `with store.batch():`, one `BEGIN IMMEDIATE` transaction, rolled back
+entirely if the block raises; a write outside a batch raises RuntimeError. `set_meta` is the one
+exception: outside a batch it is committed on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+from sqlite_utils import Database
+
+from simd.errors import NotFound, SimdError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+_VEC_DTYPE = np.dtype("<f4")  # vectors are stored as little-endian float32 bytes
+_INFO_COLUMNS = "id, path, size, mtime_ns, hash, state, error, model, dim, created_at, updated_at"
+_CHUNK = 500  # ids / paths per IN (...) statement, well under SQLite's variable limit
+
+
+_SCHEMA_V1 = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    """CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,          -- relative to the library root, '/' separators
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        hash TEXT,                          -- BLAKE2b hex of the bytes; NULL if never read
+        state TEXT NOT NULL CHECK (state IN ('ok', 'failed')),
+        error TEXT,
+        model TEXT,
+        dim INTEGER,
+        vector BLOB,                        -- little-endian float32 * dim; NULL when failed
+        created_at REAL,
+        updated_at REAL
+    )""",
+    "CREATE INDEX images_hash ON images (hash)",
+    "CREATE INDEX images_model_state ON images (model, state)",
+)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What a reconcile needs to know of one stored path."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str | None
+    state: str
+    model: str | None
+
+
+def _subtree(prefix: str) -> tuple[str, list]:
+    """WHERE clause for `prefix` itself and everything under `prefix/`.
+
+    A range on the (binary-collated, unique-indexed) path column rather than LIKE: it is
+    case-sensitive, needs no escaping of `%`/`_`, and uses the index. Every path that starts with
+    "a/b/" sorts in ["a/b/", "a/b0") because "0" is the character after "/".
+    """
+    prefix = prefix.strip("/")
+    if not prefix:
+        raise ValueError("an empty prefix names the whole library")
+    return "(path = ? OR (path >= ? AND path < ?))", [prefix, prefix + "/", prefix + "0"]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _to_blob(vector: np.ndarray) -> tuple[bytes, int]:
+    v = np.asarray(vector)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"a vector must be 1-D and non-empty, got shape {v.shape}")
+    v = v.astype(_VEC_DTYPE, copy=False)
+    if not np.isfinite(v).all():
+        raise ValueError("vector has NaN or infinite values")
+    return v.tobytes(), int(v.size)
+
+
+def _from_blob(blob: bytes | None) -> np.ndarray | None:
+    if blob is None:
+        return None
+    return np.frombuffer(blob, dtype=_VEC_DTYPE).astype(np.float32)
+
+
+def _casefold(text: str | None) -> str | None:
+    return None if text is None else text.casefold()
+
+
+def _make_dirs(path: Path) -> None:
+    """Create `path` and its missing parents with mode 0700 (state may be private)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+
+
+class Store:
+    def __init__(self, db_path: str | Path, *, readonly: bool = False):
+        self.path = Path(db_path).expanduser().absolute()
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._batch_depth = 0
+        try:
+            if readonly:
+                if not self.path.is_file():
+                    raise NotFound(f"no simd index at {self.path} (run `simd index` or `simd serve` first)")
+                uri = f"file:{quote(str(self.path))}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)
+            else:
+                _make_dirs(self.path.parent)
+                conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as e:
+            raise SimdError(f"cannot open the index {self.path}: {e}") from None
+        self.db = Database(conn, execute_plugins=False)
+        self.db.register_function(_casefold, deterministic=True, name="simd_casefold")
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if readonly:
+                self._check_version(self._read_version())
+            else:
+                self.db.enable_wal()
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.execute("PRAGMA journal_size_limit = 67108864")  # trim the WAL after big batches
+                self._migrate()
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise SimdError(f"cannot use the index {self.path}: {e}") from None
+        except BaseException:
+            conn.close()
+            raise
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _read_version(self) -> int:
+        if not self.db.table("meta").exists():
+            return 0
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SimdError(f"the index {self.path} has schema version {version}, newer than this simd "
+                            f"understands ({SCHEMA_VERSION}); upgrade simd or use another --state-dir")
+        if self.readonly and version < SCHEMA_VERSION:
+            raise NotFound(f"the index {self.path} is not initialised or needs an upgrade "
+                           f"(schema version {version}); run `simd index` first")
+
+    def _migrate(self) -> None:
+        """Numbered migrations, all in one BEGIN IMMEDIATE transaction (as rclip's `if version < N`)."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._read_version()
+                self._check_version(version)
+                if version < 1:
+                    # Plain DDL: a migration must produce the same schema whatever library writes it.
+                    # AUTOINCREMENT: an id is never reused, so a stale id never names another image.
+                    for sql in _SCHEMA_V1:
+                        self.db.execute(sql)
+                # Future steps go here: `if version < 2: ...`, each bringing the schema one step on.
+                if version < SCHEMA_VERSION:
+                    self._put_meta("schema_version", str(SCHEMA_VERSION))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.rollback()
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._read_version()
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- meta ---------------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Inside a batch: part of it. Outside: its own batch (the one write allowed there)."""
+        with self.batch():
+            self._put_meta(key, str(value))
+
+    def _put_meta(self, key: str, value: str) -> None:
+        self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def records(self, prefix: str | None = None) -> dict[str, FileRecord]:
+        sql = "SELECT id, path, size, mtime_ns, hash, state, model FROM images"
+        params: list = []
+        if prefix is not None and prefix.strip("/"):
+            where, params = _subtree(prefix)
+            sql += " WHERE " + where
+        with self._lock:
+            rows = self.db.execute(sql, params).fetchall()
+        return {r[1]: FileRecord(*r) for r in rows}
+
+    def get(self, image_id: int) -> dict | None:
+        return self._one(f"SELECT {_INFO_COLUMNS} FROM images WHERE id = ?", [int(image_id)])
+
+    def get_by_path(self, path: str) -> dict | None:
+        return self._one(f"SELECT {_INFO_COLUMNS} FROM images WHERE path = ?", [path])
+
+    def _one(self, sql: str, params: list) -> dict | None:
+        rows = self._dicts(sql, params)
+        return rows[0] if rows else None
+
+    def _dicts(self, sql: str, params: list) -> list[dict]:
+        with self._lock:
+            cursor = self.db.execute(sql, params)
+            keys = [d[0] for d in cursor.description]
+            return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
+
+    def vector_for_hash(self, hash: str, model: str) -> np.ndarray | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT vector FROM images WHERE hash = ? AND model = ? AND state = 'ok' "
+                "AND vector IS NOT NULL LIMIT 1", [hash, model]).fetchone()
+        return _from_blob(row[0]) if row else None
+
+    def vector_of(self, image_id: int, model: str) -> np.ndarray | None:
+        with self._lock:
+            row = self.db.execute("SELECT vector FROM images WHERE id = ? AND model = ? AND state = 'ok'",
+                                  [int(image_id), model]).fetchone()
+        return _from_blob(row[0]) if row else None
+
+    def load_vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of the ok rows of `model`, by id.
+
+        Filled row by row into one preallocated array (no second copy of the matrix in RAM), in
+        one read transaction so the count and the rows agree. With no rows: shapes (0,), (0, 0).
+        """
+        where = "model = ? AND state = 'ok' AND vector IS NOT NULL"
+        with self._lock:
+            own_txn = not self.db.conn.in_transaction
+            if own_txn:
+                self.db.execute("BEGIN")
+            try:
+                dims = self.db.execute(f"SELECT dim, count(*) FROM images WHERE {where} GROUP BY dim",
+                                       [model]).fetchall()
+                if len(dims) > 1:
+                    raise SimdError(f"the index holds vectors of several sizes for model {model}: "
+                                    f"{sorted(d for d, _ in dims)}")
+                if not dims:
+                    return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+                dim, n = int(dims[0][0]), int(dims[0][1])
+                ids = np.empty(n, np.int64)
+                matrix = np.empty((n, dim), np.float32)
+                cursor = self.db.execute(f"SELECT id, vector FROM images WHERE {where} ORDER BY id", [model])
+                i = 0
+                while rows := cursor.fetchmany(4096):
+                    for image_id, blob in rows:
+                        if len(blob) != 4 * dim:
+                            raise SimdError(f"image {image_id}: stored vector has {len(blob)} bytes, "
+                                            f"expected {4 * dim}")
+                        ids[i] = image_id
+                        matrix[i] = np.frombuffer(blob, dtype=_VEC_DTYPE)
+                        i += 1
+            finally:
+                if own_txn:
+                    self.db.execute("COMMIT")
+        return ids, matrix
+
+    def list_images(self, offset: int, limit: int, q: str = "") -> tuple[list[dict], int]:
+        """A page of rows ordered by path, and the number matching; `q`: case-insensitive substring."""
+        where, params = "", []
+        if q:
+            if q.isascii():  # LIKE folds ASCII case only; it is C-fast and uses no Python per row
+                where, params = "WHERE path LIKE ? ESCAPE '\\'", [f"%{_like_escape(q)}%"]
+            else:
+                where, params = "WHERE instr(simd_casefold(path), ?) > 0", [q.casefold()]
+        with self._lock:
+            total = self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
+            rows = self._dicts(f"SELECT {_INFO_COLUMNS} FROM images {where} ORDER BY path LIMIT ? OFFSET ?",
+                               [*params, max(0, int(limit)), max(0, int(offset))])
+        return rows, int(total)
+
+    def errors(self) -> list[dict]:
+        return self._dicts("SELECT id, path, error, size, mtime_ns, updated_at FROM images "
+                           "WHERE state = 'failed' ORDER BY path", [])
+
+    def counts(self, model: str | None) -> dict:
+        """indexed: ok rows of `model`; stale: ok rows of another model; model None: every ok row is
+        indexed and none is stale."""
+        with self._lock:
+            total, ok, failed, indexed = self.db.execute(
+                "SELECT count(*), coalesce(sum(state = 'ok'), 0), coalesce(sum(state = 'failed'), 0), "
+                "coalesce(sum(state = 'ok' AND model IS ?), 0) FROM images", [model]).fetchone()
+        if model is None:
+            indexed = ok
+        return {"indexed": indexed, "failed": failed, "total": total, "stale": ok - indexed}
+
+    def stale_paths(self, model: str, limit: int | None = None) -> list[str]:
+        sql = "SELECT path FROM images WHERE state = 'ok' AND model IS NOT ? ORDER BY path"
+        params: list = [model]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._lock:
+            return [r[0] for r in self.db.execute(sql, params).fetchall()]
+
+    def integrity_ok(self) -> bool:
+        """PRAGMA integrity_check says 'ok' (a malformed file gives False, not an exception)."""
+        with self._lock:
+            try:
+                rows = self.db.execute("PRAGMA integrity_check").fetchall()
+            except sqlite3.DatabaseError:
+                return False
+        return [r[0] for r in rows] == ["ok"]
+
+    # -- writes -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One BEGIN IMMEDIATE ... COMMIT; ROLLBACK if the block raises. A nested batch joins the
+        outer one. Holds the Store's lock throughout."""
+        if self.readonly:
+            raise RuntimeError("this Store is read-only")
+        with self._lock:
+            if self._batch_depth:
+                self._batch_depth += 1
+                try:
+                    yield
+                finally:
+                    self._batch_depth -= 1
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            self._batch_depth = 1
+            try:
+                yield
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.rollback()
+                raise
+            finally:
+                self._batch_depth = 0
+
+    def _write(self, sql: str, params: list) -> sqlite3.Cursor:
+        # The caller holds the lock, and a batch holds it throughout: depth > 0 means our batch.
+        if not self._batch_depth:
+            raise RuntimeError("Store writes must happen inside `with store.batch():`")
+        return self.db.execute(sql, params)
+
+    def _put(self, path: str, size: int, mtime_ns: int, hash: str | None, state: str, error: str | None,
+             model: str | None, dim: int | None, blob: bytes | None) -> int:
+        now = time.time()
+        with self._lock:
+            cur = self._write(
+                "INSERT INTO images (path, size, mtime_ns, hash, state, error, model, dim, vector, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                "hash = excluded.hash, state = excluded.state, error = excluded.error, "
+                "model = excluded.model, dim = excluded.dim, vector = excluded.vector, "
+                "updated_at = excluded.updated_at RETURNING id",
+                [path, int(size), int(mtime_ns), hash, state, error, model, dim, blob, now, now])
+            return int(cur.fetchone()[0])
+
+    def put_ok(self, path: str, size: int, mtime_ns: int, hash: str | None, model: str,
+               vector: np.ndarray) -> int:
+        """Upsert by path (an existing path keeps its id); returns the id."""
+        blob, dim = _to_blob(vector)
+        return self._put(path, size, mtime_ns, hash, "ok", None, model, dim, blob)
+
+    def put_failed(self, path: str, size: int, mtime_ns: int, hash: str | None, error: str) -> int:
+        return self._put(path, size, mtime_ns, hash, "failed", str(error), None, None, None)
+
+    def update_stat(self, path: str, size: int, mtime_ns: int) -> None:
+        with self._lock:
+            self._write("UPDATE images SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
+                        [int(size), int(mtime_ns), time.time(), path])
+
+    def delete_paths(self, paths: Iterable[str]) -> list[int]:
+        """Delete these paths (unknown ones are ignored); returns the deleted ids."""
+        paths = list(paths)
+        deleted: list[int] = []
+        with self._lock:
+            if not paths:
+                self._write("SELECT 1", [])  # still refuse outside a batch
+            for i in range(0, len(paths), _CHUNK):
+                chunk = paths[i:i + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                deleted += [r[0] for r in self._write(
+                    f"DELETE FROM images WHERE path IN ({marks}) RETURNING id", chunk).fetchall()]
+        return deleted
+
+    def delete_prefix(self, prefix: str) -> list[int]:
+        """Delete the subtree `prefix` ("a/b": the path "a/b" and everything under "a/b/", never
+        "a/bc"); returns the deleted ids. An empty prefix (the whole library) is refused."""
+        where, params = _subtree(prefix)
+        with self._lock:
+            return [r[0] for r in self._write(f"DELETE FROM images WHERE {where} RETURNING id", params).fetchall()]

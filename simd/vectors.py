@@ -1,0 +1,254 @@
+"""The in-RAM matrix of one model's vectors and its exact cosine top-k.
+
+Rows are L2-normalised float32, so cosine similarity is one matrix-vector product. The matrix is
+preallocated and grows by doubling (amortised O(1) upsert; unused capacity is address space, not
+RAM); a removal moves the last row into the hole; `_row` maps id -> row.
+
+Threads: `_lock` guards the published state (transform, matrix, ids, count, id -> row); a search
+holds it for its product, so it sees one consistent state. Writers are serialised by `_write_lock`
+and take `_lock` only to publish, so a long rebuild does not stall searches.
+
+Transform hook (e.g. the PCA-whitening of `simd.whitening`): `fn((m, dim) float32) -> (m, out_dim)`
+is applied to raw vectors as they enter and to raw queries; the matrix holds the transformed,
+normalised rows, and raw vectors are not kept: `set_transform(fn, rebuild_from=(ids, raw))`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+Transform = Callable[[np.ndarray], np.ndarray]
+_NORM_TOL = 1e-4  # rows already this close to unit norm are kept bit-exact
+
+
+class VectorIndex:
+    def __init__(self, dim: int):
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim = int(dim)  # size of the vectors given to upsert/replace_all/search
+        self._transform: Transform | None = None  # published with the matrix, under _lock
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._mat = np.empty((0, self.dim), np.float32)
+        self._ids = np.empty(0, np.int64)
+        self._n = 0
+        self._row: dict[int, int] = {}
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def _prepare(self, vectors: np.ndarray, fn: Transform | None, *, adopt: bool = False) -> np.ndarray:
+        """(m, dim) raw -> (m, out_dim) float32 C-contiguous unit rows; with `adopt`, a float32
+        C-contiguous writable input is used (and normalised) in place."""
+        v = np.asarray(vectors)
+        if v.ndim == 1:
+            v = v[None, :]
+        if v.ndim != 2 or (v.shape[1] != self.dim and v.shape[0] > 0):
+            raise ValueError(f"expected vectors of shape (m, {self.dim}), got {np.shape(vectors)}")
+        m = v.shape[0]
+        if fn is not None and m:
+            v = np.ascontiguousarray(fn(v.astype(np.float32, copy=False)), dtype=np.float32)
+            if v.ndim != 2 or v.shape[0] != m:
+                raise ValueError(f"the transform returned shape {v.shape} for {m} vectors")
+            adopt = True  # a fresh array
+        elif v.dtype != np.float32 or not v.flags.c_contiguous or (adopt and not v.flags.writeable):
+            v, adopt = np.array(v, dtype=np.float32, order="C"), True
+        if m == 0:
+            return np.empty((0, self.out_dim), np.float32)
+        sq = np.einsum("ij,ij->i", v, v)  # no (m, dim) temporary, unlike np.linalg.norm
+        if not (np.isfinite(sq).all() and (sq > 0).all()):
+            raise ValueError("vectors must be finite and non-zero")
+        norms = np.sqrt(sq)
+        off = np.abs(norms - 1) > _NORM_TOL
+        if off.any():
+            if not adopt:
+                v = v.copy()
+            v[off] /= norms[off, None]
+        return v
+
+    @property
+    def out_dim(self) -> int:
+        """Size of the rows of the matrix (`dim` unless a transform changes it)."""
+        return self._mat.shape[1]
+
+    @property
+    def transform(self) -> Transform | None:
+        return self._transform
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def replace_all(self, ids: np.ndarray, matrix: np.ndarray) -> None:
+        """Replace the whole content with raw vectors. The index takes ownership of `matrix` when it
+        is float32, C-contiguous and writable (no copy; rows off unit norm are normalised in place),
+        so `replace_all(*store.load_vectors(model))` holds the matrix once."""
+        with self._write_lock:
+            self._replace(ids, matrix, self._transform, adopt=True)
+
+    def set_transform(self, fn: Transform | None,
+                      rebuild_from: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Use `fn` from now on (None: identity), rebuilding the matrix from the raw vectors
+        `rebuild_from=(ids, raw)` (taken over as by `replace_all` when `fn` is None); only an empty
+        index may change its transform without them."""
+        with self._write_lock:
+            if rebuild_from is None:
+                if self._n:
+                    raise ValueError("changing the transform of a non-empty index needs rebuild_from=(ids, raw)")
+                rebuild_from = (np.empty(0, np.int64), np.empty((0, self.dim), np.float32))
+            self._replace(*rebuild_from, fn, adopt=fn is None)
+
+    def _replace(self, ids, matrix, fn: Transform | None, *, adopt: bool) -> None:
+        ids = np.array(ids, dtype=np.int64).ravel()
+        if len(ids) == 0 and np.size(matrix) == 0:  # also Store.load_vectors' (0, 0) when empty
+            out_dim = self.dim if fn is None else int(np.shape(fn(np.ones((1, self.dim), np.float32)))[1])
+            mat = np.empty((0, out_dim), np.float32)
+        else:
+            mat = self._prepare(matrix, fn, adopt=adopt)
+        if len(ids) != len(mat):
+            raise ValueError(f"{len(ids)} ids for {len(mat)} vectors")
+        row = {i: r for r, i in enumerate(ids.tolist())}
+        if len(row) != len(ids):
+            raise ValueError("duplicate ids")
+        with self._lock:  # a transform and the matrix it made are published together
+            self._transform = fn
+            self._mat, self._ids, self._n, self._row = mat, ids, len(ids), row
+
+    def upsert(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Insert or overwrite; within one call a repeated id keeps its last vector."""
+        ids = [int(i) for i in ids]
+        with self._write_lock:
+            v = self._prepare(vectors, self._transform)
+            if len(ids) != len(v):
+                raise ValueError(f"{len(ids)} ids for {len(v)} vectors")
+            if not ids:
+                return
+            if v.shape[1] != self.out_dim:
+                raise ValueError(f"vectors of size {v.shape[1]} for a matrix of size {self.out_dim}")
+            last = {i: j for j, i in enumerate(ids)}  # id -> its last position in the call
+            old = [(self._row[i], j) for i, j in last.items() if i in self._row]
+            new = [(i, j) for i, j in last.items() if i not in self._row]
+            n, need = self._n, self._n + len(new)
+            mat, id_arr = self._mat, self._ids
+            if need > len(mat):  # grow by doubling, copying outside `_lock` (writers are serialised)
+                cap = max(16, 2 * len(mat), need)
+                mat = np.empty((cap, self.out_dim), np.float32)
+                mat[:n] = self._mat[:n]
+                id_arr = np.empty(cap, np.int64)
+                id_arr[:n] = self._ids[:n]
+            if new:  # rows past n are invisible to searches until n is published
+                mat[n:need] = v[[j for _, j in new]]
+                id_arr[n:need] = [i for i, _ in new]
+            with self._lock:
+                if old:
+                    mat[[r for r, _ in old]] = v[[j for _, j in old]]
+                self._mat, self._ids = mat, id_arr
+                for r, (i, _) in enumerate(new, start=n):
+                    self._row[i] = r
+                self._n = need
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Remove these ids (unknown ones are ignored): each hole gets the last row."""
+        with self._write_lock, self._lock:
+            mat, id_arr, row = self._mat, self._ids, self._row
+            for i in ids:
+                r = row.pop(int(i), None)
+                if r is None:
+                    continue
+                last = self._n - 1
+                if r != last:
+                    mat[r] = mat[last]
+                    id_arr[r] = id_arr[last]
+                    row[int(id_arr[r])] = r
+                self._n = last
+            if len(mat) > 1024 and self._n < len(mat) // 4:  # give memory back after mass removals
+                self._mat = mat[: 2 * self._n].copy()
+                self._ids = id_arr[: 2 * self._n].copy()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._row
+
+    def get(self, image_id: int) -> np.ndarray | None:
+        """A copy of the row in the matrix, or None. With a transform set this is the transformed
+        row, not a raw vector: use `search_by_id` to search from it, never store it."""
+        with self._lock:
+            r = self._row.get(int(image_id))
+            return None if r is None else self._mat[r].copy()
+
+    def search(self, query: np.ndarray, k: int, exclude_ids: Iterable[int] = ()) -> list[tuple[int, float]]:
+        """The k best (id, cosine score) for a raw query vector, best first; ties by id ascending;
+        exact. k larger than the index returns everything not excluded."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = np.asarray(query, dtype=np.float32).ravel()
+        if q.shape != (self.dim,):
+            raise ValueError(f"expected a query of size {self.dim}, got {np.shape(query)}")
+        with self._lock:
+            if self._transform is not None:  # under the lock: the matrix was made with this one
+                q = np.asarray(self._transform(q[None, :]), dtype=np.float32).ravel()
+            norm = float(np.sqrt(np.dot(q, q)))
+            if not np.isfinite(norm) or norm == 0:
+                raise ValueError("the query vector must be finite and non-zero")
+            q = q / norm
+            found = self._candidates(q, k, exclude_ids)
+        return _best(q, k, *found)
+
+    def search_by_id(self, image_id: int, k: int,
+                     exclude_ids: Iterable[int] = ()) -> list[tuple[int, float]] | None:
+        """As `search`, from the row of an indexed image (transformed already, if a transform is
+        set); None if the id is not in the index. The id itself is not excluded unless listed."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        with self._lock:
+            r = self._row.get(int(image_id))
+            if r is None:
+                return None
+            q = self._mat[r].copy()
+            found = self._candidates(q, k, exclude_ids)
+        return _best(q, k, *found)
+
+    def _candidates(self, q: np.ndarray, k: int, exclude_ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, rows) holding the top k for the unit query `q`; call with `_lock` held."""
+        n = self._n
+        if n == 0:
+            return np.empty(0, np.int64), np.empty((0, q.size), np.float32)
+        scores = self._mat[:n] @ q
+        excluded = {self._row[i] for i in map(int, exclude_ids) if i in self._row}
+        if excluded:
+            scores[list(excluded)] = -np.inf
+        k = min(k, n - len(excluded))
+        if k <= 0:
+            return np.empty(0, np.int64), np.empty((0, q.size), np.float32)
+        if k < n:
+            # float32 products of equal rows differ by an ulp or so with the row's position, so
+            # take every row within twice the rounding bound of the k-th score, and rescore.
+            top = np.argpartition(scores, n - k)[n - k:]
+            eps = max(1e-6, 2 * q.size * 2.0**-24)
+            cand = np.flatnonzero(scores >= scores[top].min() - eps)
+        else:
+            cand = np.flatnonzero(scores > -np.inf)
+        return self._ids[cand], self._mat[cand]
+
+
+def _best(q: np.ndarray, k: int, cand_ids: np.ndarray, rows: np.ndarray) -> list[tuple[int, float]]:
+    exact = _rescore(rows, q)
+    order = np.lexsort((cand_ids, -exact))[:k]
+    return [(int(cand_ids[o]), float(exact[o])) for o in order]
+
+
+def _rescore(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """float64 scores that depend only on a row's values (not its place), so equal rows tie."""
+    q64 = q.astype(np.float64)
+    if len(rows) > 512:
+        return np.einsum("ij,j->i", rows.astype(np.float64), q64)
+    buf = np.empty(q.size, np.float64)
+    out = np.empty(len(rows), np.float64)
+    for j in range(len(rows)):
+        buf[:] = rows[j]
+        out[j] = np.dot(buf, q64)
+    return out

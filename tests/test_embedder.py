@@ -1,0 +1,149 @@
+"""Embedder: batching, bad files, counters, the seed descriptor against a hand computation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+import simd.backbones as bb
+from simd.embedder import DESCRIPTORS, Descriptor, Embedder
+from simd.errors import ImageError
+
+
+@pytest.fixture(scope="module")
+def lite0_backbone():
+    return bb.load_backbone("efficientnet-lite0")
+
+
+@pytest.fixture(scope="module")
+def resnet_backbone():
+    import keras
+
+    bb.import_tf()
+    keras.utils.set_random_seed(0)
+    return bb.random_resnet50()
+
+
+@pytest.fixture(scope="module")
+def backbones(lite0_backbone, resnet_backbone):
+    return {"efficientnet-lite0": lite0_backbone, "resnet50": resnet_backbone}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Five real photos as files: JPEGs and a PNG, different sizes and aspect ratios."""
+    d = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name, rgb, fmt in [("chelsea", data.chelsea(), "JPEG"), ("coffee", data.coffee(), "PNG"),
+                           ("astronaut", data.astronaut(), "JPEG"), ("rocket", data.rocket(), "JPEG"),
+                           ("hubble", data.hubble_deep_field(), "JPEG")]:
+        p = d / f"{name}.{fmt.lower()}"
+        Image.fromarray(rgb).save(p, fmt, quality=90)
+        paths.append(p)
+    bad = d / "broken.jpg"
+    bad.write_bytes(paths[0].read_bytes()[:200])  # a truncated JPEG
+    return {"good": paths, "bad": bad}
+
+
+def test_shapes_norms_dtype_and_model_id(lite0_backbone, photos):
+    emb = Embedder(lite0_backbone, batch_size=4)
+    assert (emb.model_id, emb.dim) == ("efficientnet-lite0", 1280)
+    assert Embedder(lite0_backbone, descriptor="seed").model_id == "efficientnet-lite0+seed"
+    vecs = emb.embed_files(photos["good"])
+    assert len(vecs) == 5
+    for v in vecs:
+        assert isinstance(v, np.ndarray) and v.shape == (1280,) and v.dtype == np.float32
+        assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
+    assert emb.images_embedded == 5
+    assert emb.embed_files([]) == [] and emb.images_embedded == 5
+
+
+def test_bad_file_mid_batch(lite0_backbone, photos):
+    good = photos["good"]
+    paths = [good[0], good[1], photos["bad"], good[2], good[3], good[4]]
+    emb = Embedder(lite0_backbone, batch_size=2)
+    out = emb.embed_files(paths)
+    assert isinstance(out[2], ImageError) and out[2].name == str(photos["bad"])
+    assert emb.images_embedded == 5  # the broken file never reached the network
+    for p, v in zip(paths, out, strict=True):
+        if p != photos["bad"]:
+            [alone] = emb.embed_files([p])
+            np.testing.assert_allclose(v, alone, atol=2e-6)
+    assert emb.images_embedded == 10
+
+
+def test_embed_bytes_and_image(lite0_backbone, photos):
+    emb = Embedder(lite0_backbone)
+    png = photos["good"][1]
+    [from_file] = emb.embed_files([png])
+    np.testing.assert_allclose(emb.embed_bytes(png.read_bytes(), "upload.png"), from_file, atol=2e-6)
+    np.testing.assert_allclose(emb.embed_image(Image.open(png)), from_file, atol=2e-6)
+    assert emb.images_embedded == 3
+    with pytest.raises(ImageError) as e:
+        emb.embed_bytes(b"not an image at all", "notes.txt")
+    assert e.value.name == "notes.txt"
+    assert emb.images_embedded == 3
+
+
+@pytest.mark.parametrize("backbone_id", ["efficientnet-lite0", "resnet50"])
+def test_seed_descriptor_is_the_original_method(backbones, photos, backbone_id):
+    """Keras load_img squashes with NEAREST; the backbone's seed preprocessing; GAP; L2."""
+    import keras
+
+    backbone = backbones[backbone_id]
+    emb = Embedder(backbone, descriptor="seed", batch_size=2)
+    paths = photos["good"][:3]
+    got = emb.embed_files(paths)
+    for p, v in zip(paths, got, strict=True):
+        img = keras.utils.load_img(p, target_size=(224, 224))  # interpolation="nearest"
+        x = keras.utils.img_to_array(img)[None]
+        fmap = backbone.feature_model(backbone.preprocess(x, "seed"), training=False).numpy()
+        expected = fmap.mean(axis=(1, 2))[0]
+        expected /= np.linalg.norm(expected)
+        np.testing.assert_allclose(v, expected, atol=2e-6)
+
+
+def test_no_retracing_across_batch_sizes(lite0_backbone, photos):
+    emb = Embedder(lite0_backbone, batch_size=4)
+    for n in (1, 3, 5, 2):
+        emb.embed_files(photos["good"][:n])
+    [fn] = emb._functions.values()
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_descriptor_knobs(lite0_backbone):
+    flip_gem = Descriptor("test-flip-gem", pooling="gem", flip=True, aspect="crop", scales=(1.0, 1.25))
+    emb = Embedder(lite0_backbone, descriptor=flip_gem)
+    assert emb.model_id == "efficientnet-lite0+test-flip-gem" and emb.sizes == (224, 280)
+    img = Image.fromarray(data.astronaut())
+    v = emb.embed_image(img)
+    assert v.shape == (1280,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
+    # flip averaging makes the vector invariant to mirroring the picture
+    mirrored = emb.embed_image(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    np.testing.assert_allclose(v, mirrored, atol=1e-5)
+    assert emb.images_embedded == 2
+    with pytest.raises(ValueError):
+        Embedder(lite0_backbone, descriptor="fancy")
+    with pytest.raises(ValueError):
+        Embedder(lite0_backbone, descriptor=Descriptor("x", pooling="max"))
+    assert set(DESCRIPTORS) == {"default", "seed"}
+
+
+def test_large_and_odd_images(lite0_backbone, tmp_path):
+    """JPEG draft decoding of a big photo, a grayscale PNG and a tiny image all embed."""
+    big = tmp_path / "big.jpg"
+    Image.fromarray(data.coffee()).resize((3000, 2000)).save(big, quality=90)
+    gray = tmp_path / "gray.png"
+    Image.fromarray(data.camera()).save(gray)
+    tiny = io.BytesIO()
+    Image.new("RGB", (3, 2), (200, 10, 10)).save(tiny, "PNG")
+    emb = Embedder(lite0_backbone)
+    out = emb.embed_files([big, gray])
+    assert all(isinstance(v, np.ndarray) for v in out)
+    assert emb.embed_bytes(tiny.getvalue(), "tiny.png").shape == (1280,)
+    [small] = emb.embed_files([tmp_path / "missing.jpg"])
+    assert isinstance(small, ImageError) and "not found" in small.reason
