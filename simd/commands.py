@@ -50,13 +50,15 @@ def prepare_state(config: cfg.Config) -> tuple[Path, Path, Path]:
 
 
 def make_embedder(config: cfg.Config, model: str | None = None, descriptor: str | None = None):
-    from simd.backbones import load_backbone
+    from simd.backbones import configure_tensorflow, load_backbone
     from simd.embedder import Embedder
 
+    if config.tf_threads:
+        configure_tensorflow(config.tf_threads)  # TensorFlow takes this only before its first model
     backbone = load_backbone(model or config.model, weights=config.weights,
                              allow_download=config.weights_download)
     return Embedder(backbone, descriptor=descriptor or config.descriptor, batch_size=config.batch_size,
-                    max_pixels=config.max_image_pixels, tf_threads=config.tf_threads)
+                    max_pixels=config.max_image_pixels)
 
 
 def ignore_rules(config: cfg.Config) -> IgnoreRules:

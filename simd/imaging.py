@@ -213,7 +213,7 @@ def _open_source(source: str | os.PathLike | bytes | bytearray | memoryview | Bi
 
 def open_image(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *,
                name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-               draft_size: tuple[int, int] | None = None) -> Image.Image:
+               draft_size: tuple[int, int] | None = None, apply_exif: bool = True) -> Image.Image:
     """Decode an allowed image into a loaded, upright RGB image, or raise ImageError.
 
     `draft_size=(w, h)` lets JPEGs decode at a reduced scale (1/2, 1/4 or 1/8) that is still at
@@ -241,11 +241,12 @@ def open_image(source: str | os.PathLike | bytes | bytearray | memoryview | Bina
                 _check_pixels(name, img.size, max_pixels)
                 if draft_size and img.format in ("JPEG", "MPO"):
                     w, h = draft_size
-                    if _orientation(img, name) in (5, 6, 7, 8):  # stored sideways: swap the request
+                    if apply_exif and _orientation(img, name) in (5, 6, 7, 8):  # stored sideways: swap
                         w, h = h, w
                     img.draft("RGB", (w, h))
                 img.load()  # the first frame only, for GIF/TIFF/WebP animations
-                orientation = _orientation(img, name)  # after load: PNG may keep EXIF after the pixels
+                # after load: PNG may keep EXIF after the pixels
+                orientation = _orientation(img, name) if apply_exif else 1
                 rgb = to_rgb(img)
         except ImageError:
             raise

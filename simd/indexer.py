@@ -200,8 +200,8 @@ class Reconciler:
         if not has_entries(self.root):
             raise LibraryOffline(f"library root {self.root} became empty; keeping the index")
         for rec in gone:
-            if rec.hash and rec.state == "ok" and rec.model == self.model and self.vectors is not None:
-                vec = self.vectors.get(rec.id)
+            if rec.hash and rec.state == "ok" and rec.model == self.model and rec.hash not in moved_hashes:
+                vec = self.store.vector_of(rec.id, self.model)  # the raw descriptor, not the index's copy
                 if vec is not None:
                     self._remember(rec.hash, vec)
         with self.store.batch():

@@ -138,9 +138,8 @@ class SearchService:
             exclude: tuple[int, ...] = ()
         else:
             row = self._query_row(image_id, path)
-            query_vec = self.vectors.get(row["id"])
-            if query_vec is None:
-                query_vec = self._store().vector_of(row["id"], model)
+            # The stored (raw) descriptor: the index applies its own transform to queries.
+            query_vec = self._store().vector_of(row["id"], model)
             if query_vec is None:
                 if row["state"] == "failed":
                     raise NotFound(f"{row['path']} could not be indexed: {row['error']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,12 +52,14 @@ def photos(tmp_path_factory):
 
 def test_shapes_norms_dtype_and_model_id(lite0_backbone, photos):
     emb = Embedder(lite0_backbone, batch_size=4)
-    assert (emb.model_id, emb.dim) == ("efficientnet-lite0", 1280)
-    assert Embedder(lite0_backbone, descriptor="seed").model_id == "efficientnet-lite0+seed"
+    # The tuned default projects onto Lite0's 1000 ImageNet logits; seed keeps the 1280-d GAP.
+    assert (emb.model_id, emb.dim) == ("efficientnet-lite0", 1000)
+    seed = Embedder(lite0_backbone, descriptor="seed")
+    assert (seed.model_id, seed.dim) == ("efficientnet-lite0+seed", 1280)
     vecs = emb.embed_files(photos["good"])
     assert len(vecs) == 5
     for v in vecs:
-        assert isinstance(v, np.ndarray) and v.shape == (1280,) and v.dtype == np.float32
+        assert isinstance(v, np.ndarray) and v.shape == (1000,) and v.dtype == np.float32
         assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
     assert emb.images_embedded == 5
     assert emb.embed_files([]) == [] and emb.images_embedded == 5
@@ -144,6 +147,44 @@ def test_large_and_odd_images(lite0_backbone, tmp_path):
     emb = Embedder(lite0_backbone)
     out = emb.embed_files([big, gray])
     assert all(isinstance(v, np.ndarray) for v in out)
-    assert emb.embed_bytes(tiny.getvalue(), "tiny.png").shape == (1280,)
+    assert emb.embed_bytes(tiny.getvalue(), "tiny.png").shape == (emb.dim,)
     [small] = emb.embed_files([tmp_path / "missing.jpg"])
     assert isinstance(small, ImageError) and "not found" in small.reason
+
+
+def test_default_descriptor_is_tuned_per_backbone(lite0_backbone):
+    """Lite0's default projects GAP features onto its ImageNet classifier logits at 288 px."""
+    emb = Embedder(lite0_backbone)
+    assert emb.sizes == (288,) and emb.dim == 1000
+    img = Image.fromarray(data.chelsea())
+    v = emb.embed_image(img)
+    # Hand-computed: bicubic squash to 288, (x-127)/128, feature map, GAP, logits, L2.
+    x = np.asarray(img.resize((288, 288), Image.Resampling.BICUBIC), np.float32)[None]
+    fmap = lite0_backbone.feature_model(lite0_backbone.preprocess(x, "default")).numpy()
+    w, b = lite0_backbone.classifier
+    logits = fmap.mean(axis=(1, 2)) @ w.T + b
+    expected = logits[0] / np.linalg.norm(logits[0])
+    np.testing.assert_allclose(v, expected, atol=2e-4)
+    # The logit vector of a cat photo points at the cat classes (ImageNet 281-285).
+    assert int(np.argmax(v)) in range(281, 286)
+
+
+def _exif_rotated_copy(src: Path, dest: Path) -> None:
+    """The pixels stored turned by 90 degrees, with EXIF Orientation 6 saying how to show them."""
+    img = Image.open(src).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display = rotate the stored pixels 90 degrees clockwise
+    img.transpose(Image.Transpose.ROTATE_90).save(dest, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def test_exif_rotated_copy_embeds_like_the_upright_photo(lite0_backbone, photos, tmp_path):
+    upright = photos["good"][0]
+    turned = tmp_path / "turned.jpg"
+    _exif_rotated_copy(upright, turned)
+    default = Embedder(lite0_backbone)
+    a, b = default.embed_files([upright, turned])
+    assert float(a @ b) > 0.97
+    # The seed baseline ignores the tag, as Keras' load_img does: it sees a sideways picture.
+    seed = Embedder(lite0_backbone, descriptor="seed")
+    sa, sb = seed.embed_files([upright, turned])
+    assert float(sa @ sb) < float(a @ b) - 0.02

@@ -53,6 +53,9 @@ class Backbone:
     feature_model: Any
     weights_source: str
     _preprocess: Callable[[Any, str], Any] = field(repr=False)
+    # The ImageNet classifier (weight (classes, dim), bias (classes,)) when the weights include it;
+    # a descriptor may project pooled features onto its logits (see simd.embedder).
+    classifier: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def preprocess(self, x: Any, mode: str = "default") -> Any:
         """tf ops on float32 RGB 0..255; ``"seed"`` = the original method's, ``"default"`` = the best."""
@@ -173,9 +176,10 @@ def load_backbone(name: str = "auto", *, weights: str | os.PathLike | None = Non
     if name == lite0.ID:
         import_tf()
         path = lite0.weights_file()
-        model = lite0.build(state_dict=lite0.load_state_dict(path))
+        state = lite0.load_state_dict(path)
+        model = lite0.build(state_dict=state)
         return Backbone(lite0.ID, lite0.DIM, lite0.INPUT_SIZE, model, f"package {lite0.PACKAGE}: {path}",
-                        lite0.preprocess)
+                        lite0.preprocess, classifier=(state["_fc.weight"], state["_fc.bias"]))
     raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
 
 
