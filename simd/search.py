@@ -22,6 +22,20 @@ from simd.store import Store
 from simd.vectors import VectorIndex
 
 K_MAX = 100
+
+# What a cosine score means, per model id, measured on the public evaluation kit (docs/QUALITY.md):
+# (near-duplicate, similar). For efficientnet-lite0: 95% of edited copies of a photo (crop, resize,
+# JPEG, brightness, mirror, rotation, grayscale) score >= 0.80 and under 1% of unrelated pairs do;
+# half of the same-subject pairs score >= 0.37, while 95% of unrelated pairs stay below 0.40.
+# Models not measured get no label; their scores are still cosine similarities.
+MATCH_BANDS: dict[str, tuple[float, float]] = {"efficientnet-lite0": (0.80, 0.40)}
+
+
+def match_label(model: str, score: float) -> str | None:
+    bands = MATCH_BANDS.get(model)
+    if bands is None:
+        return None
+    return "near-duplicate" if score >= bands[0] else "similar" if score >= bands[1] else "weak"
 STATES = ("starting", "scanning", "indexing", "idle", "offline")
 
 
@@ -155,7 +169,8 @@ class SearchService:
             hit = store.get(hit_id)
             if hit is None:  # deleted between the search and now
                 continue
-            results.append({"id": hit_id, "path": hit["path"], "score": round(float(score), 4)})
+            results.append({"id": hit_id, "path": hit["path"], "score": round(float(score), 4),
+                            "match": match_label(model, float(score))})
         return {"model": model, "query": query, "k": k, "results": results,
                 "took_ms": round((time.perf_counter() - started) * 1000, 1)}
 

@@ -2,7 +2,7 @@
 
 Two targets: a fast one (the Flask app from `create_app` on a waitress server in this process, over
 a real SearchService with the histogram fake embedder of tests/webfixtures.py), and the real thing
-(a `simd serve` subprocess with the efficientnet-lite0 network, marked slow). Screenshots go to
+(a `simd serve` subprocess with the efficientnet-lite0 network). Screenshots go to
 `test-output/` at the repository root (gitignored). Nothing may reach the network: every request
 the page makes is checked to go to the server under test.
 """
@@ -297,7 +297,6 @@ REAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "c
                "cat", "hubble_deep_field", "immunohistochemistry", "brick", "grass", "gravel", "retina")
 
 
-@pytest.mark.slow
 def test_page_against_real_simd_serve(browser, tmp_path):
     from serving import Served
     from test_e2e_index import photo

@@ -68,6 +68,8 @@ def test_index_then_query_finds_the_edited_copy_first(photo_library, tmp_path):
     paths = [hit["path"] for hit in result["results"]]
     assert len(paths) == 5 and "chelsea.jpg" not in paths, "the query image is left out of its own results"
     assert paths[0] == "edits/chelsea-crop.jpg"
+    assert result["results"][0]["match"] == "near-duplicate", result["results"][0]
+    assert result["results"][-1]["match"] in ("similar", "weak")
     scores = [hit["score"] for hit in result["results"]]
     assert scores == sorted(scores, reverse=True) and 0.5 < scores[0] <= 1.0
     # An image from outside the library is embedded on the fly.

@@ -51,7 +51,11 @@ SCHEMAS = {
                    "max_upload_mb": {"type": "number"}}},
     "Result": {"type": "object", "required": ["id", "path", "score", "thumb", "url"], "properties": {
         "id": {"type": "integer"}, "path": {"type": "string", "description": "Relative to the library root."},
-        "score": {"type": "number", "description": "Cosine similarity, -1 to 1; higher is more similar."},
+        "score": {"type": "number", "description": "Cosine similarity, -1 to 1; higher is more similar. "
+                  "Query-independent: the same score means the same for every query of a model."},
+        "match": {"type": ["string", "null"], "enum": ["near-duplicate", "similar", "weak", None],
+                  "description": "The band the score falls in for this model (docs/QUALITY.md); "
+                                 "null for models not calibrated."},
         "thumb": {"type": "string", "format": "uri-reference"}, "url": {"type": "string", "format": "uri-reference"}}},
     "Similar": {"type": "object", "required": ["model", "query", "results"], "properties": {
         "model": {"type": "string"}, "query": {"type": "object"}, "k": {"type": "integer"},

@@ -125,6 +125,12 @@
   const basename = (p) => p.split("/").pop();
   const percent = (s) => (s * 100).toFixed(1) + "%";
 
+  const MATCH_TEXT = {
+    "near-duplicate": "same photo, edited or re-saved",
+    "similar": "similar subject",
+    "weak": "only loosely alike",
+  };
+
   function makeCard(item, score) {
     const node = $("card-template").content.firstElementChild.cloneNode(true);
     const name = basename(item.path);
@@ -145,9 +151,11 @@
     const scoreEl = node.querySelector(".score");
     if (typeof score === "number") {
       scoreEl.textContent = percent(score);
-      scoreEl.title = "Cosine similarity " + score.toFixed(3) + " between the two pictures' feature vectors "
-        + "(100% = identical features; higher is more alike).";
-      scoreEl.setAttribute("aria-label", "similarity " + percent(score));
+      const meaning = item.match ? MATCH_TEXT[item.match] + " \u2014 " : "";
+      scoreEl.title = meaning + "cosine similarity " + score.toFixed(3) + " between the two pictures' "
+        + "feature vectors (100% = identical features; the same score means the same for every query).";
+      scoreEl.setAttribute("aria-label", "similarity " + percent(score) + (item.match ? ", " + item.match : ""));
+      if (item.match) scoreEl.dataset.match = item.match;
       scoreEl.classList.remove("hidden");
     }
     const more = node.querySelector(".more");
