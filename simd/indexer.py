@@ -172,7 +172,7 @@ class Reconciler:
                 if what == "ok":
                     image_id = self.store.put_ok(f.path, f.size, f.mtime_ns, digest, self.model, payload)
                     upserts.append((image_id, payload))
-                    if kind == "new" and summary is not None:
+                    if kind == "new":
                         summary.new += 1
                     elif kind == "changed":
                         summary.changed += 1

@@ -60,6 +60,10 @@ class Runtime:
                     raise AttributeError(key)
                 setattr(self, key, value)
 
+    def add_pending(self, n: int) -> None:
+        with self._lock:  # the watcher thread adds while the indexer thread counts down
+            self.pending = max(self.pending + n, 0)
+
     def snapshot(self) -> dict:
         with self._lock:
             return {"state": self.state, "pending": self.pending, "model": self.model, "dim": self.dim,
@@ -176,14 +180,8 @@ class SearchService:
 
     def _query_row(self, image_id: Any, path: str | None) -> dict:
         if image_id is not None and image_id != "":
-            try:
-                iid = int(str(image_id))
-            except ValueError:
-                raise BadRequest(f"id must be an integer, got {image_id!r}") from None
-            row = self._store().get(iid)
-            if row is None:
-                raise NotFound(f"no image with id {iid}")
-            return row
+            # A query parameter that is not an integer is a bad request, not an unknown image.
+            return self._row_by_id(image_id, BadRequest(f"id must be an integer, got {image_id!r}"))
         if path:
             row = self._store().get_by_path(normalise_rel(path))
             if row is None:
@@ -197,15 +195,18 @@ class SearchService:
         rows, total = self._store().list_images(offset_i, limit_i, (q or "").strip())
         return {"images": [_public(r) for r in rows], "total": total, "offset": offset_i, "limit": limit_i}
 
-    def get_image(self, image_id: Any) -> dict:
+    def _row_by_id(self, image_id: Any, not_an_int: Exception) -> dict:
         try:
             iid = int(str(image_id))
         except ValueError:
-            raise NotFound(f"no image with id {image_id!r}") from None
+            raise not_an_int from None
         row = self._store().get(iid)
         if row is None:
             raise NotFound(f"no image with id {iid}")
-        return _public(row)
+        return row
+
+    def get_image(self, image_id: Any) -> dict:
+        return _public(self._row_by_id(image_id, NotFound(f"no image with id {image_id!r}")))
 
     def resolve_file(self, image_id: Any) -> Path:
         """The real path of an indexed image, only if it lies inside the library's real root."""

@@ -52,7 +52,7 @@ class IndexWorker:
     def submit(self, paths: set[str]) -> None:
         if paths:
             self._queue.put(set(paths))
-            self.runtime.update(pending=self.runtime.pending + len(paths))
+            self.runtime.add_pending(len(paths))
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Ask the thread to finish the chunk in flight (or drop it) and exit; True if it did."""
