@@ -41,7 +41,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check simd tests
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python tests/bench/run_all.py
+	$(BIN)/python tests/bench/bench_decode.py
+	$(BIN)/python tests/bench/bench_embed.py
+	$(BIN)/python tests/bench/bench_query.py
+	$(BIN)/python tests/bench/bench_reconcile.py
+	$(BIN)/python tests/bench/bench_freshness.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

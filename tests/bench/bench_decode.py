@@ -10,7 +10,6 @@ photo; entropy decoding, which draft mode cannot skip, costs more there).
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 
 import numpy as np  # noqa: E402
 import PIL  # noqa: E402
+from benchutil import machine_info  # noqa: E402
 from images import photo  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -28,12 +28,10 @@ from simd.imaging import open_image, thumbnail  # noqa: E402
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "?")
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return (f"nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), {cpu}, RAM {mem_kb / 2**20:.1f} GiB, "
-            f"Python {platform.python_version()}, Pillow {PIL.__version__}")
+    info = machine_info(Pillow=PIL.__version__)
+    return (f"nproc {os.cpu_count()} ({info['nproc']} usable), {info['CPU']}, RAM {info['RAM']}, "
+            f"Python {info['Python']}, Pillow {info['Pillow']} "
+            f"load average {info['load average at start'].split()[0]}")
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -74,7 +72,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--side", type=int, default=448)
     args = parser.parse_args()
-    print(machine(), f"load average {os.getloadavg()[0]:.2f}")
+    print(machine())
     base = photo((4000, 3000), seed=1)
     grain = np.random.default_rng(1).normal(0, 14, (3000, 4000, 3)).astype(np.float32)
     grainy = Image.fromarray(np.clip(np.asarray(base, np.float32) + grain, 0, 255).astype(np.uint8))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import resource
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine_info, write_section
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,29 +44,6 @@ def make_jpegs(folder: Path, count: int, size=(3000, 2000)) -> list[Path]:
         img.save(p, "JPEG", quality=90)
         paths.append(p)
     return paths
-
-
-def machine() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-
-    cpu = "unknown"
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
-        ram = f"{kb / 1024 ** 2:.1f} GiB"
-    except (OSError, AttributeError):
-        pass
-    import PIL
-
-    return {"nproc": str(os.cpu_count()), "CPU": cpu, "RAM": ram, "TensorFlow": tf.__version__,
-            "Keras": keras.__version__, "Python": platform.python_version(), "NumPy": np.__version__,
-            "Pillow": PIL.__version__, "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 class Timer:
@@ -125,9 +101,11 @@ def main(argv=None) -> int:
     import simd.backbones as bb
     from simd.embedder import Embedder
 
-    bb.import_tf()  # before keras, which would import TensorFlow without the log filter
+    tf = bb.import_tf()  # before keras, which would import TensorFlow without the log filter
     import keras
-    info = machine()
+    import PIL
+    info = machine_info(TensorFlow=tf.__version__, Keras=keras.__version__, NumPy=np.__version__,
+                        Pillow=PIL.__version__)
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="simd-bench-") as tmp:
@@ -160,7 +138,7 @@ def main(argv=None) -> int:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss_mb:.0f} MB")
     if not args.no_write:
-        write_section(Path(args.out), render(info, rows, rss_mb, args))
+        write_section(Path(args.out), HEADING, render(info, rows, rss_mb, args))
         print(f"wrote {args.out}")
     return 0
 
@@ -196,19 +174,6 @@ def render(info: dict, rows: list[dict], rss_mb: float, args) -> str:
                      f"{r['ratio']:.0%} of model-only throughput.")
     lines.append("")
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the section under HEADING (up to the next ``## `` heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(HEADING + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section.rstrip("\n") + "\n\n" + (text[nxt + 1:] if nxt != -1 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

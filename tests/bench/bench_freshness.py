@@ -31,7 +31,6 @@ import hashlib
 import importlib.metadata
 import io
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import urllib.parse
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine_info, write_section
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,36 +57,22 @@ BAR_MARGIN = 1.5  # single files: p50 <= settle + 1.5 s
 
 # -- machine and images ---------------------------------------------------------------------------
 
+def version(*names: str) -> str:
+    """The installed version of the first of `names` that is installed, or "?"."""
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "?"
+
+
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
-        ram = f"{kb / 1024 ** 2:.1f} GiB"
-    except (OSError, AttributeError):
-        pass
-
-    def version(*names: str) -> str:
-        for name in names:
-            try:
-                return importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return "?"
-
     import sqlite3
 
-    return {"nproc": str(len(os.sched_getaffinity(0))), "CPU": cpu, "RAM": ram,
-            "Python": platform.python_version(), "TensorFlow": version("tensorflow", "tensorflow-cpu"),
-            "Keras": version("keras"), "watchdog": version("watchdog"), "waitress": version("waitress"),
-            "Flask": version("flask"), "Pillow": version("pillow"), "NumPy": np.__version__,
-            "SQLite": sqlite3.sqlite_version,
-            "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return machine_info(TensorFlow=version("tensorflow", "tensorflow-cpu"), Keras=version("keras"),
+                        watchdog=version("watchdog"), waitress=version("waitress"), Flask=version("flask"),
+                        Pillow=version("pillow"), NumPy=np.__version__, SQLite=sqlite3.sqlite_version)
 
 
 def make_jpegs(count: int, seed: int, size=(320, 240)) -> list[bytes]:
@@ -414,18 +400,6 @@ def render(info: dict, a: dict, b: dict, meta: dict, args) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the section under HEADING (up to the next ``## `` heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(HEADING + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--single", type=int, default=50, help="files dropped one by one")
@@ -482,7 +456,7 @@ def main(argv=None) -> int:
     print(section)
     print("single latencies:", " ".join(f"{v:.2f}" for v in a["values"]))
     if not args.no_write:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), HEADING, section)
         print(f"wrote {args.out}")
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import subprocess
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -350,16 +350,13 @@ CHILDREN = {"generate": child_generate, "exact": child_exact, "transform": child
 
 # -- parent -------------------------------------------------------------------------------------
 
-def machine() -> dict:
+def machine() -> dict[str, str]:
     from threadpoolctl import threadpool_info
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    ram = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
     blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)"
             for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(ram / 2**20, 1),
-            "python": platform.python_version(), "numpy": np.__version__, "sqlite": sqlite3.sqlite_version,
-            "blas": "; ".join(blas), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)")}
+    return machine_info(NumPy=np.__version__, SQLite=sqlite3.sqlite_version, BLAS="; ".join(blas),
+                        OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "(unset)"))
 
 
 def run_child(kind: str, env_extra: dict | None = None, **kw) -> dict:

@@ -26,9 +26,7 @@ import gc
 import importlib.metadata
 import io
 import os
-import platform
 import pstats
-import re
 import resource
 import sqlite3
 import statistics
@@ -38,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine_info, write_section
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -54,29 +53,14 @@ FILES_PER_DIR = 100
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
-        ram = f"{kb / 1024 ** 2:.1f} GiB"
-    except (OSError, AttributeError):
-        pass
     fs = "unknown"
     try:
         from simd.watcher import filesystem_type
         fs = filesystem_type(tempfile.gettempdir())
     except Exception:  # informative only
         pass
-    return {"nproc": str(len(os.sched_getaffinity(0))), "CPU": cpu, "RAM": ram,
-            "Python": platform.python_version(), "SQLite": sqlite3.sqlite_version,
-            "sqlite-utils": importlib.metadata.version("sqlite-utils"),
-            "NumPy": np.__version__, "temp filesystem": fs,
-            "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return machine_info(**{"SQLite": sqlite3.sqlite_version, "sqlite-utils": importlib.metadata.version("sqlite-utils"),
+                           "NumPy": np.__version__, "temp filesystem": fs})
 
 
 def make_tree(root: Path, n: int) -> float:
@@ -273,18 +257,6 @@ def render(info: dict, rows: list[dict], args, rss_mb: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the section under HEADING (up to the next ``## `` heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(HEADING + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000", help="library sizes, comma-separated")
@@ -312,7 +284,7 @@ def main(argv=None) -> int:
     if prof:
         print(prof)
     if not args.no_write:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), HEADING, section)
         print(f"wrote {args.out}")
     return 0
 
