@@ -57,6 +57,7 @@ class Daemon:
         from simd.watcher import Watcher
         from simd.web import create_app
         from simd.web.server import Server
+        from simd.web.thumbs import ThumbCache
         from simd.worker import IndexWorker
 
         self.service = SearchService(db, root, state, None, self.runtime)
@@ -78,7 +79,8 @@ class Daemon:
         self.service.vectors = vectors
         ignore = ignore_rules(self.config)
         self.worker = IndexWorker(db, root, embedder, vectors, ignore, self.runtime,
-                                  follow_symlinks=self.config.follow_symlinks)
+                                  follow_symlinks=self.config.follow_symlinks,
+                                  on_deleted=ThumbCache(state / "thumbs").forget)
         self.runtime.update(model=embedder.model_id, dim=embedder.dim, embedder=embedder,
                             request_rescan=lambda: self.worker.request_full("rescan requested"))
         self.worker.start()

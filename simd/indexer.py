@@ -59,6 +59,7 @@ class Reconciler:
     def __init__(self, root: Path, store: Store, embedder, vectors: VectorIndex | None, ignore: IgnoreRules,
                  *, follow_symlinks: bool = False, chunk_size: int = 128,
                  on_progress: Callable[[str, int, int], None] | None = None,
+                 on_deleted: Callable[[list[int]], object] | None = None,
                  stop: threading.Event | None = None):
         self.root = Path(root)
         self.store = store
@@ -68,6 +69,7 @@ class Reconciler:
         self.follow_symlinks = follow_symlinks
         self.chunk_size = chunk_size
         self.on_progress = on_progress or (lambda phase, done, total: None)
+        self.on_deleted = on_deleted or (lambda ids: None)  # e.g. drop their cached thumbnails
         self.stop = stop or threading.Event()
         self._recent: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
 
@@ -167,6 +169,7 @@ class Reconciler:
     def _commit(self, writes: list[tuple], summary: Summary) -> None:
         upserts: list[tuple[int, np.ndarray]] = []
         removed: list[int] = []
+        vanished: list[int] = []
         with self.store.batch():
             for what, f, digest, payload, kind in writes:
                 if what == "ok":
@@ -187,12 +190,15 @@ class Reconciler:
                     self.store.update_stat(f.path, f.size, f.mtime_ns)
                     summary.touched += 1
                 elif what == "vanished":
-                    removed.extend(self.store.delete_paths([f.path]))
+                    vanished.extend(self.store.delete_paths([f.path]))
+        removed += vanished
         if self.vectors is not None:
             if upserts:
                 self.vectors.upsert([i for i, _ in upserts], np.stack([v for _, v in upserts]))
             if removed:
                 self.vectors.remove(removed)
+        if vanished:
+            self.on_deleted(vanished)
 
     def _delete(self, gone: list[FileRecord], moved_hashes: set[str]) -> int:
         # The root may have vanished while we embedded: deleting now would empty the index.
@@ -208,6 +214,7 @@ class Reconciler:
             ids = self.store.delete_paths([rec.path for rec in gone])
         if self.vectors is not None:
             self.vectors.remove(ids)
+        self.on_deleted(ids)
         return sum(1 for rec in gone if rec.hash not in moved_hashes)
 
     # -- content reuse

@@ -30,10 +30,11 @@ OFFLINE_RETRY_SECONDS = 5.0
 
 class IndexWorker:
     def __init__(self, db_path: Path, root: Path, embedder, vectors: VectorIndex, ignore: IgnoreRules,
-                 runtime: Runtime, *, follow_symlinks: bool = False, chunk_size: int = 128):
+                 runtime: Runtime, *, follow_symlinks: bool = False, chunk_size: int = 128,
+                 on_deleted=None):
         self.db_path, self.root = Path(db_path), Path(root)
         self.embedder, self.vectors, self.ignore, self.runtime = embedder, vectors, ignore, runtime
-        self.follow_symlinks, self.chunk_size = follow_symlinks, chunk_size
+        self.follow_symlinks, self.chunk_size, self.on_deleted = follow_symlinks, chunk_size, on_deleted
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="simd-indexer", daemon=True)
@@ -81,7 +82,7 @@ class IndexWorker:
         store = Store(self.db_path)
         reconciler = Reconciler(self.root, store, self.embedder, self.vectors, self.ignore,
                                 follow_symlinks=self.follow_symlinks, chunk_size=self.chunk_size,
-                                on_progress=self._progress, stop=self._stop)
+                                on_progress=self._progress, on_deleted=self.on_deleted, stop=self._stop)
         try:
             while not self._stop.is_set():
                 try:

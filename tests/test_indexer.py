@@ -123,12 +123,16 @@ def test_copy_is_its_own_entry_without_model_call(env):
 
 def test_deleted_files_leave_the_index(env):
     root, store, emb, vectors, rec = env
+    deleted = []
+    rec.on_deleted = deleted.extend
     write_image(root / "a.png", 1)
     write_image(root / "b.png", 2)
     rec.run()
+    b_id = store.get_by_path("b.png")["id"]
     (root / "b.png").unlink()
     s = rec.run()
     assert s.deleted == 1 and set(store.records()) == {"a.png"} and len(vectors) == 1
+    assert deleted == [b_id], "listeners (the thumbnail cache) learn which ids are gone"
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00broken"])
