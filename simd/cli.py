@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("simd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `simd status | head -2`: the reader left; say nothing more
+        sys.stdout = None
+        return 0
 
 
 def cmd_models() -> int:

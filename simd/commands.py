@@ -12,6 +12,7 @@ from simd import config as cfg
 from simd.errors import ConfigError, NotFound, SimdError
 from simd.ignore import IgnoreRules
 from simd.search import Runtime, SearchService
+from simd.statelock import StateLock, holder
 from simd.store import Store
 
 DB_NAME = "index.db"
@@ -21,8 +22,9 @@ def db_path(state_dir: Path) -> Path:
     return Path(state_dir) / DB_NAME
 
 
-def prepare_state(config: cfg.Config) -> tuple[Path, Path, Path]:
-    """(library root, state dir, db path); creates the state dir (0700) and checks it belongs to root."""
+def prepare_state(config: cfg.Config, role: str) -> tuple[Path, Path, Path, StateLock]:
+    """(library root, state dir, db path, the state dir's lock, held): creates the state dir (0700),
+    checks it belongs to this library and that no other simd process uses it."""
     root = config.library_path
     if root.exists() and not root.is_dir():
         raise ConfigError(f"library {root} is not a directory")
@@ -30,11 +32,24 @@ def prepare_state(config: cfg.Config) -> tuple[Path, Path, Path]:
     real_state, real_root = os.path.realpath(state), os.path.realpath(root)
     if os.path.commonpath([real_state, real_root]) == real_root:
         raise ConfigError(f"state dir {state} is inside the library; simd never writes into the library")
+    db = db_path(state)
+    if not root.exists() and not db.exists():
+        # A typo, not an unmounted disk: there is no index of it to keep.
+        raise SimdError(f"library {root} does not exist")
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         raise SimdError(f"cannot create state dir {state}: {e.strerror or e}") from None
-    db = db_path(state)
+    lock = StateLock(state).acquire(role=role, library=str(root))
+    try:
+        _claim(db, root, state)
+    except BaseException:
+        lock.release()
+        raise
+    return root, state, db, lock
+
+
+def _claim(db: Path, root: Path, state: Path) -> None:
     store = Store(db)
     try:
         known = store.get_meta("library_root")
@@ -46,7 +61,6 @@ def prepare_state(config: cfg.Config) -> tuple[Path, Path, Path]:
                 store.set_meta("library_root", str(root))
     finally:
         store.close()
-    return root, state, db
 
 
 def make_embedder(config: cfg.Config, model: str | None = None, descriptor: str | None = None):
@@ -75,8 +89,12 @@ def cmd_serve(config: cfg.Config, args) -> int:
 def cmd_index(config: cfg.Config, args) -> int:
     from simd.indexer import Reconciler
 
-    root, state, db = prepare_state(config)
-    embedder = make_embedder(config)
+    root, state, db, lock = prepare_state(config, "index")
+    try:
+        embedder = make_embedder(config)
+    except BaseException:
+        lock.release()
+        raise
     store = Store(db)
     bar = _ProgressBar(enabled=sys.stderr.isatty())
     try:
@@ -88,6 +106,7 @@ def cmd_index(config: cfg.Config, args) -> int:
     finally:
         bar.close()
         store.close()
+        lock.release()
     result = summary.as_dict()
     if args.json:
         print(json.dumps(result))
@@ -244,9 +263,11 @@ def cmd_status(config: cfg.Config, args) -> int:
 
 
 def _live_status(config: cfg.Config, state: Path) -> dict | None:
-    """Ask a running daemon of this library (at the configured address), if any, for its status."""
-    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    req = urllib.request.Request(f"http://{host}:{config.port}/api/status")
+    """Ask the daemon serving this index, if one runs, for its status (it notes its URL in the lock)."""
+    info = holder(state) or {}
+    if info.get("role") != "serve" or not info.get("url"):
+        return None
+    req = urllib.request.Request(f"{info['url']}/api/status")
     if config.token:
         req.add_header("Authorization", f"Bearer {config.token}")
     try:

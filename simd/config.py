@@ -105,12 +105,13 @@ class Config:
     def library_path(self) -> Path:
         if not self.library:
             raise ConfigError("no library given (pass LIBRARY or set `library` in the config file)")
-        return Path(self.library).expanduser().absolute()
+        # resolve(): "../Photos", "./Photos/" and a symlink to it are one library with one index
+        return Path(self.library).expanduser().resolve()
 
     @property
     def state_path(self) -> Path:
         if self.state_dir:
-            return Path(self.state_dir).expanduser().absolute()
+            return Path(self.state_dir).expanduser().resolve()
         return default_state_dir(self.library_path)
 
     def validate(self) -> Config:
@@ -212,7 +213,7 @@ def is_loopback(host: str) -> bool:
 def default_state_dir(library: Path) -> Path:
     """$XDG_STATE_HOME/simd/<name>-<8 hex of the absolute path>, so two libraries never share state."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    lib = Path(library).expanduser().absolute()
+    lib = Path(library).expanduser().resolve()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", lib.name or "root").strip("._") or "library"
     digest = hashlib.sha256(str(lib).encode()).hexdigest()[:8]
     return Path(base) / "simd" / f"{slug}-{digest}"

@@ -40,12 +40,12 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
-        root, state, db = prepare_state(self.config)
+        root, state, db, self.lock = prepare_state(self.config, "serve")
         try:
             self._start(root, state, db)
             if not self.stop_event.is_set():
                 notify.notify("READY=1\nSTATUS=indexing")
-                log.info("simd ready: http://%s:%d/ serving %s", self.config.host, self.server.port, root)
+                log.info("simd ready: %s/ serving %s", self._local_url(), root)
                 self._loop()
         finally:
             notify.notify("STOPPING=1")
@@ -63,6 +63,7 @@ class Daemon:
         self.service = SearchService(db, root, state, None, self.runtime)
         self.server = Server(create_app(self.config, self.service), self.config.host, self.config.port)
         self.server.start()
+        self.lock.update(role="serve", library=str(root), url=self._local_url())
         embedder = make_embedder(self.config)
         if self.stop_event.is_set():
             return
@@ -90,6 +91,12 @@ class Daemon:
                                follow_symlinks=self.config.follow_symlinks)
         self.watcher.start()
         self.worker.request_full("startup")
+
+    def _local_url(self) -> str:
+        """Where a process on this machine reaches the server (a wildcard bind is reached via loopback)."""
+        host = self.server.host
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://[{host}]:{self.server.port}" if ":" in host else f"http://{host}:{self.server.port}"
 
     def _on_trouble(self, reason: str) -> None:
         log.info("watcher: %s; reconciling by scanning", reason)  # the watcher already warned
@@ -139,3 +146,4 @@ class Daemon:
             log.warning("indexer did not finish its batch in time; it is dropped and redone next start")
         if self.server is not None:
             self.server.close()
+        self.lock.release()

@@ -154,7 +154,7 @@ class Embedder:
                 ok = [(i, d) for i, d in zip(chunk, decoded, strict=True) if not isinstance(d, ImageError)]
                 for i, d in zip(chunk, decoded, strict=True):
                     if isinstance(d, ImageError):
-                        log.info("skipping %s: %s", paths[i], d.reason)
+                        log.debug("skipping %s: %s", paths[i], d.reason)
                         results[i] = d
                 if ok:
                     vectors = self._embed_arrays([d for _, d in ok])

@@ -144,20 +144,20 @@ class Reconciler:
                 continue
             vec = self._reusable(digest)
             if vec is not None:
+                if kind == "new" and (digest in gone_hashes or digest in self._recent):
+                    moved_hashes.add(digest)
+                    summary.moved += 1
+                    kind = "moved"  # counted as moved, not as new
+                elif kind == "new":
+                    summary.copied += 1
                 writes.append(("ok", f, digest, vec, kind))
-                if kind == "new":
-                    if digest in gone_hashes or digest in self._recent:
-                        moved_hashes.add(digest)
-                        summary.moved += 1
-                    else:
-                        summary.copied += 1
                 continue
             to_embed.setdefault(digest, []).append((kind, f))
         if to_embed:
             # One model call per distinct content: copies inside the chunk share the result.
             firsts = [files[0][1] for files in to_embed.values()]
             results = self.embedder.embed_files([self.root / f.path for f in firsts])
-            summary.embedded += len(firsts)
+            summary.embedded += sum(1 for r in results if not isinstance(r, ImageError))
             for (digest, files), result in zip(to_embed.items(), results, strict=True):
                 for kind, f in files:
                     if isinstance(result, ImageError):
@@ -179,7 +179,7 @@ class Reconciler:
                         summary.new += 1
                     elif kind == "changed":
                         summary.changed += 1
-                    else:
+                    elif kind == "stale":
                         summary.reembedded += 1
                 elif what == "failed":
                     image_id = self.store.put_failed(f.path, f.size, f.mtime_ns, digest, payload)

@@ -46,6 +46,12 @@ def test_usage_errors_are_one_line(args, code, message, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_missing_library_is_an_error_not_an_offline_index(tmp_path):
+    r = simd("index", str(tmp_path / "typo-Photos"), "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert not (tmp_path / "state").exists(), "no state dir is made for a library that never existed"
+
+
 def test_bad_config_exits_2(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("port = 99999\n")

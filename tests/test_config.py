@@ -81,6 +81,16 @@ def test_default_state_dir_is_per_library_and_outside_it(tmp_path, monkeypatch):
     assert ".local/state/simd" in str(cfg.default_state_dir(Path("/photos")))
 
 
+def test_every_spelling_of_a_library_is_one_index(tmp_path, monkeypatch):
+    (tmp_path / "Photos").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "Photos")
+    monkeypatch.chdir(tmp_path / "Photos")
+    spellings = [str(tmp_path / "Photos"), "../Photos", ".", str(tmp_path / "link"), str(tmp_path / "Photos") + "/"]
+    paths = {cfg.load(flags={"library": s}, environ={}).library_path for s in spellings}
+    states = {cfg.load(flags={"library": s}, environ={}).state_path for s in spellings}
+    assert paths == {(tmp_path / "Photos").resolve()} and len(states) == 1
+
+
 def test_config_is_read_only():
     c = cfg.load(environ={})
     with pytest.raises(AttributeError):

@@ -7,10 +7,13 @@ protocol is checked with a real datagram socket standing in for systemd.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -131,6 +134,16 @@ def test_serve_speaks_sd_notify_and_stops_cleanly_on_sigterm(tmp_path, library, 
         assert served.get("/api/status")["model"] == "efficientnet-lite0"
         sock.wait_for("WATCHDOG=1", n=3, timeout=10)
         sock.wait_for("STATUS=", timeout=10)
+        # `simd status` finds the daemon on its (non-default) port through the state dir's lock,
+        # and a second simd on the same state dir is refused instead of indexing everything twice.
+        env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0"}
+        st = subprocess.run([sys.executable, "-m", "simd", "status", "--state-dir", str(tmp_path / "state"),
+                             "--json"], capture_output=True, text=True, env=env, timeout=60)
+        assert json.loads(st.stdout)["daemon"] is True, st.stderr
+        second = subprocess.run([sys.executable, "-m", "simd", "index", str(library), "--state-dir",
+                                 str(tmp_path / "state"), "--model", "efficientnet-lite0"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 1 and "another simd" in second.stderr and served.url in second.stderr
         started = time.monotonic()
         assert served.stop(signal.SIGTERM, timeout=10) == 0
         assert time.monotonic() - started < 10

@@ -130,7 +130,10 @@ def image_file(image_id: str):
 def image_thumb(image_id: str):
     iid = _image_id(image_id)
     real = service().resolve_file(iid)
-    thumb = state().thumbs.get(iid, real)
+    try:
+        thumb = state().thumbs.get(iid, real)
+    except ImageError as e:  # never show the server's absolute paths to a client
+        raise ImageError(service().get_image(iid)["path"], e.reason) from None
     fh, st = _open_regular(thumb, iid)
     return _send(fh, st, "image/jpeg", f"{real.stem}.thumb.jpg", etag=f"t{iid}-{thumb.stem}")
 
