@@ -192,7 +192,8 @@ class SearchService:
     def list_images(self, offset: Any = 0, limit: Any = 50, q: str | None = "") -> dict:
         offset_i = _int_param("offset", offset, 0, 0, None)
         limit_i = _int_param("limit", limit, 50, 1, 500)
-        rows, total = self._store().list_images(offset_i, limit_i, (q or "").strip())
+        q = "".join(c for c in (q or "") if c.isprintable()).strip()  # a NUL or newline filters nothing
+        rows, total = self._store().list_images(offset_i, limit_i, q)
         return {"images": [_public(r) for r in rows], "total": total, "offset": offset_i, "limit": limit_i}
 
     def _row_by_id(self, image_id: Any, not_an_int: Exception) -> dict:

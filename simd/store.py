@@ -17,6 +17,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,12 @@ def _from_blob(blob: bytes | None) -> np.ndarray | None:
 
 
 def _casefold(text: str | None) -> str | None:
-    return None if text is None else text.casefold()
+    """Fold for name search: case, Unicode form (macOS/SMB store NFD names) and accents, so that
+    "cafe", "Café" and a decomposed "café" all find each other."""
+    if text is None:
+        return None
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 def _make_dirs(path: Path) -> None:
@@ -302,15 +308,21 @@ class Store:
         """A page of rows ordered by path, and the number matching; `q`: case-insensitive substring."""
         where, params = "", []
         if q:
-            if q.isascii():  # LIKE folds ASCII case only; it is C-fast and uses no Python per row
+            if q.isascii() and self._all_ascii():  # LIKE folds ASCII case only, C-fast, no Python per row
                 where, params = "WHERE path LIKE ? ESCAPE '\\'", [f"%{_like_escape(q)}%"]
             else:
-                where, params = "WHERE instr(simd_casefold(path), ?) > 0", [q.casefold()]
+                where, params = "WHERE instr(simd_casefold(path), ?) > 0", [_casefold(q)]
         with self._lock:
             total = self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
             rows = self._dicts(f"SELECT {_INFO_COLUMNS} FROM images {where} ORDER BY path LIMIT ? OFFSET ?",
                                [*params, max(0, int(limit)), max(0, int(offset))])
         return rows, int(total)
+
+    def _all_ascii(self) -> bool:
+        """No stored path has a non-ASCII character (then LIKE finds exactly what folding would)."""
+        with self._lock:
+            return self.db.execute("SELECT NOT EXISTS (SELECT 1 FROM images WHERE path GLOB ?)",
+                                   ["*[^\x01-\x7f]*"]).fetchone()[0] == 1
 
     def errors(self) -> list[dict]:
         return self._dicts("SELECT id, path, error, size, mtime_ns, updated_at FROM images "

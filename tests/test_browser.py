@@ -94,7 +94,7 @@ def results(page):
 def wait_idle(page, count: int, timeout: float = 60_000):
     status = page.get_by_test_id("status")
     expect(status).to_have_attribute("data-state", "idle", timeout=timeout)
-    expect(page.locator("#status-text")).to_contain_text(f"{count} of {count} indexed", timeout=timeout)
+    expect(page.locator("#status-text")).to_contain_text(f"{count} indexed", timeout=timeout)
 
 
 def search_flow(page, base: str, count: int, upload: Path, name_prefix: str):

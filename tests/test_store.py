@@ -342,3 +342,16 @@ def test_integrity_ok(db_path):
         f.write(np.random.default_rng(0).bytes(4096 * 3))
     with Store(db_path) as s:
         assert not s.integrity_ok()
+
+
+def test_name_filter_folds_case_accents_and_unicode_forms(tmp_path):
+    import unicodedata
+
+    store = Store(tmp_path / "i.db")
+    names = ["a/Café.jpg", unicodedata.normalize("NFD", "more/résumé.jpg"), "x/plain.jpg", "y/50%_off.jpg"]
+    with store.batch():
+        for p in names:
+            store.put_failed(p, 1, 1, None, "x")
+    found = {q: [r["path"] for r in store.list_images(0, 10, q)[0]] for q in ("cafe", "CAFÉ", "resume", "%")}
+    assert found == {"cafe": ["a/Café.jpg"], "CAFÉ": ["a/Café.jpg"], "resume": [names[1]], "%": ["y/50%_off.jpg"]}
+    store.close()

@@ -60,7 +60,7 @@
       case 401: return "This server needs a token: enter it in the form above.";
       case 404: return "That image is no longer in the library (" + err.message + ").";
       case 413: return "That file is larger than the " + MAX_MB + " MB upload limit.";
-      case 415: return "That file is not an image simd can read (" + err.message + "). "
+      case 415: return "simd cannot read that file as an image: " + err.message + ". "
         + "Try a JPEG, PNG, WebP, GIF, BMP or TIFF.";
       case 503: return "Not ready yet: " + err.message;
       default: return err.message || "Something went wrong.";
@@ -244,7 +244,7 @@
     if (seq !== searchSeq) return;
     $("results-section").removeAttribute("aria-busy");
     $("results").replaceChildren();
-    $("results-title").textContent = "No results";
+    $("results-title").textContent = "Could not search";
     $("results-title").dataset.count = "0";
     showMessage($("message"), friendly(err), "error");
   }
@@ -299,7 +299,9 @@
     if (!data.total) {
       showMessage($("browse-message"), browse.q
         ? "No file names contain “" + browse.q + "”."
-        : "The library is empty so far. Add pictures to the library folder; they are indexed automatically.",
+        : lastStatus && lastStatus.state !== "idle" && lastStatus.state !== "offline"
+          ? "Indexing the library: pictures appear here as they are indexed."
+          : "The library is empty so far. Add pictures to the library folder; they are indexed automatically.",
       "info");
     } else {
       hideMessage($("browse-message"));
@@ -335,13 +337,16 @@
     el.dataset.state = st.state;
     el.dataset.indexed = String(st.indexed);
     const total = typeof st.total === "number" ? st.total : st.indexed + st.failed + st.pending;
-    const parts = [STATE_LABEL[st.state] || st.state, st.indexed + " of " + total + " indexed"];
-    if (st.pending) parts.push(st.pending + " pending");
+    // While a scan runs its own counter says it all ("Indexing 128/318 (40%)"); the store's total
+    // only grows batch by batch, so "N of total" would mislead until the scan is done.
     const p = st.progress;
-    if (p && p.total) {
-      parts.push((p.phase || "progress") + " " + p.done + "/" + p.total
-        + " (" + Math.floor((100 * p.done) / p.total) + "%)");
-    }
+    const busy = p && p.total && p.done < p.total;
+    const parts = [busy
+      ? (STATE_LABEL[st.state] || st.state) + " " + p.done + "/" + p.total
+        + " (" + Math.floor((100 * p.done) / p.total) + "%)"
+      : STATE_LABEL[st.state] || st.state,
+    st.indexed + " indexed"];
+    if (st.pending && !busy) parts.push(st.pending + " pending");
     if (st.model) parts.push("model " + st.model);
     $("status-text").textContent = parts.join(" · ");
     el.title = st.last_error ? "Last problem: " + st.last_error : (st.library || "");
