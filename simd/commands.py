@@ -146,7 +146,7 @@ def find_state(config: cfg.Config, args, image: Path | None = None) -> Path:
     library = getattr(args, "library", None) or config.library
     if library:
         return cfg.default_state_dir(Path(library))
-    base = cfg.default_state_dir(Path("/x")).parent
+    base = cfg.state_base()
     candidates = sorted(p.parent for p in base.glob(f"*/{DB_NAME}"))
     if image is not None:
         real = os.path.realpath(image)

@@ -210,13 +210,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def state_base() -> Path:
+    """$XDG_STATE_HOME/simd (default ~/.local/state/simd): where default state dirs live."""
+    return Path(os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")) / "simd"
+
+
 def default_state_dir(library: Path) -> Path:
     """$XDG_STATE_HOME/simd/<name>-<8 hex of the absolute path>, so two libraries never share state."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     lib = Path(library).expanduser().resolve()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", lib.name or "root").strip("._") or "library"
     digest = hashlib.sha256(str(lib).encode()).hexdigest()[:8]
-    return Path(base) / "simd" / f"{slug}-{digest}"
+    return state_base() / f"{slug}-{digest}"
 
 
 def describe() -> str:

@@ -105,9 +105,7 @@ class Embedder:
     """
 
     def __init__(self, backbone: Any, *, descriptor: str | Descriptor = "default", batch_size: int = 32,
-                 max_pixels: int = 120_000_000, tf_threads: int = 0, decode_workers: int | None = None):
-        from simd.backbones import configure_tensorflow
-
+                 max_pixels: int = 120_000_000, decode_workers: int | None = None):
         if isinstance(descriptor, str):
             descriptor = resolve_descriptor(descriptor, backbone.id)
         if descriptor.resize not in _FILTERS or descriptor.aspect not in ("squash", "crop") \
@@ -115,8 +113,6 @@ class Embedder:
             raise ValueError(f"invalid descriptor {descriptor}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if tf_threads:
-            configure_tensorflow(tf_threads)  # effective only if called before the model was built
         self.backbone = backbone
         self.descriptor = descriptor
         self.batch_size = batch_size

@@ -70,16 +70,20 @@ class Runtime:
                     "progress": dict(self.progress) if self.progress else None, "last_error": self.last_error}
 
 
-def parse_k(value: Any, default: int = 10) -> int:
+def _int_param(name: str, value: Any, default: int, lo: int, hi: int | None) -> int:
     if value is None or value == "":
         return default
     try:
-        k = int(str(value).strip())
+        n = int(str(value).strip())
     except ValueError:
-        raise BadRequest(f"k must be an integer from 1 to {K_MAX}, got {value!r}") from None
-    if not 1 <= k <= K_MAX:
-        raise BadRequest(f"k must be from 1 to {K_MAX}, got {k}")
-    return k
+        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
+    if n < lo or (hi is not None and n > hi):
+        raise BadRequest(f"{name} must be from {lo} to {hi}, got {n}" if hi else f"{name} must be >= {lo}")
+    return n
+
+
+def parse_k(value: Any, default: int = 10) -> int:
+    return _int_param("k", value, default, 1, K_MAX)
 
 
 def parse_min_score(value: Any) -> float | None:
@@ -224,18 +228,6 @@ class SearchService:
 
     def rescan(self) -> None:
         self.runtime.request_rescan()
-
-
-def _int_param(name: str, value: Any, default: int, lo: int, hi: int | None) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
-    if n < lo or (hi is not None and n > hi):
-        raise BadRequest(f"{name} must be from {lo} to {hi}, got {n}" if hi else f"{name} must be >= {lo}")
-    return n
 
 
 def _public(row: dict) -> dict:
