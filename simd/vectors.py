@@ -8,6 +8,10 @@ Threads: `_lock` guards the published state (transform, matrix, ids, count, id -
 holds it for its product, so it sees one consistent state. Writers are serialised by `_write_lock`
 and take `_lock` only to publish, so a long rebuild does not stall searches.
 
+Large indexes also keep an int8 copy of the matrix (`simd.quantized`): a search scans it, a quarter
+of the bytes, for the few rows whose score bounds reach the top k and rescores only those, with the
+same exact result as a float32 scan. `coarse_min_values` sets from what size (rows x dim) it is used.
+
 Transform hook (e.g. the PCA-whitening of `simd.whitening`): `fn((m, dim) float32) -> (m, out_dim)`
 is applied to raw vectors as they enter and to raw queries; the matrix holds the transformed,
 normalised rows, and raw vectors are not kept: `set_transform(fn, rebuild_from=(ids, raw))`.
@@ -20,11 +24,20 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from simd import quantized
+
 Transform = Callable[[np.ndarray], np.ndarray]
 _NORM_TOL = 1e-4  # rows already this close to unit norm are kept bit-exact
+_ROW_NORM_MAX = 1 + 2 * _NORM_TOL  # so no row's norm exceeds this
 
 
 class VectorIndex:
+    # Below this many values (rows x dim, ~8 MB of float32, ~4k rows at 2048-d) a float32 scan is as
+    # fast as the int8 pass, so the int8 copy is kept but not used.
+    coarse_min_values = 1 << 23
+    # Up to this many candidates go straight to the float64 rescoring; more get a float32 pass first.
+    direct_rescore_max = 256
+
     def __init__(self, dim: int):
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
@@ -36,6 +49,7 @@ class VectorIndex:
         self._ids = np.empty(0, np.int64)
         self._n = 0
         self._row: dict[int, int] = {}
+        self._codes, self._scale, self._resid = quantized.encode(self._mat)  # row r of each: row r of _mat
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -110,9 +124,11 @@ class VectorIndex:
         row = {i: r for r, i in enumerate(ids.tolist())}
         if len(row) != len(ids):
             raise ValueError("duplicate ids")
+        coarse = quantized.encode(mat)
         with self._lock:  # a transform and the matrix it made are published together
             self._transform = fn
             self._mat, self._ids, self._n, self._row = mat, ids, len(ids), row
+            self._codes, self._scale, self._resid = coarse
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Insert or overwrite; within one call a repeated id keeps its last vector."""
@@ -129,20 +145,25 @@ class VectorIndex:
             old = [(self._row[i], j) for i, j in last.items() if i in self._row]
             new = [(i, j) for i, j in last.items() if i not in self._row]
             n, need = self._n, self._n + len(new)
-            mat, id_arr = self._mat, self._ids
-            if need > len(mat):  # grow by doubling, copying outside `_lock` (writers are serialised)
-                cap = max(16, 2 * len(mat), need)
-                mat = np.empty((cap, self.out_dim), np.float32)
-                mat[:n] = self._mat[:n]
-                id_arr = np.empty(cap, np.int64)
-                id_arr[:n] = self._ids[:n]
+            arrays = [self._mat, self._ids, self._codes, self._scale, self._resid]  # row-aligned
+            if need > len(arrays[0]):  # grow by doubling, copying outside `_lock` (writers are serialised)
+                cap = max(16, 2 * len(arrays[0]), need)
+                grown = [np.empty((cap, *a.shape[1:]), a.dtype) for a in arrays]
+                for g, a in zip(grown, arrays, strict=True):
+                    g[:n] = a[:n]
+                arrays = grown
+            values = [v, None, *quantized.encode(v)]  # None: the ids, set below
             if new:  # rows past n are invisible to searches until n is published
-                mat[n:need] = v[[j for _, j in new]]
-                id_arr[n:need] = [i for i, _ in new]
+                picks = [j for _, j in new]
+                for a, val in zip(arrays, values, strict=True):
+                    a[n:need] = [i for i, _ in new] if val is None else val[picks]
             with self._lock:
                 if old:
-                    mat[[r for r, _ in old]] = v[[j for _, j in old]]
-                self._mat, self._ids = mat, id_arr
+                    rows, picks = [r for r, _ in old], [j for _, j in old]
+                    for a, val in zip(arrays, values, strict=True):
+                        if val is not None:
+                            a[rows] = val[picks]
+                self._mat, self._ids, self._codes, self._scale, self._resid = arrays
                 for r, (i, _) in enumerate(new, start=n):
                     self._row[i] = r
                 self._n = need
@@ -150,20 +171,20 @@ class VectorIndex:
     def remove(self, ids: Iterable[int]) -> None:
         """Remove these ids (unknown ones are ignored): each hole gets the last row."""
         with self._write_lock, self._lock:
-            mat, id_arr, row = self._mat, self._ids, self._row
+            arrays = [self._mat, self._ids, self._codes, self._scale, self._resid]  # row-aligned
+            id_arr, row = self._ids, self._row
             for i in ids:
                 r = row.pop(int(i), None)
                 if r is None:
                     continue
                 last = self._n - 1
                 if r != last:
-                    mat[r] = mat[last]
-                    id_arr[r] = id_arr[last]
+                    for a in arrays:
+                        a[r] = a[last]
                     row[int(id_arr[r])] = r
                 self._n = last
-            if len(mat) > 1024 and self._n < len(mat) // 4:  # give memory back after mass removals
-                self._mat = mat[: 2 * self._n].copy()
-                self._ids = id_arr[: 2 * self._n].copy()
+            if len(id_arr) > 1024 and self._n < len(id_arr) // 4:  # give memory back after mass removals
+                self._mat, self._ids, self._codes, self._scale, self._resid = [a[: 2 * self._n].copy() for a in arrays]
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -217,22 +238,35 @@ class VectorIndex:
         n = self._n
         if n == 0:
             return np.empty(0, np.int64), np.empty((0, q.size), np.float32)
-        scores = self._mat[:n] @ q
-        excluded = {self._row[i] for i in map(int, exclude_ids) if i in self._row}
-        if excluded:
-            scores[list(excluded)] = -np.inf
+        excluded = sorted({self._row[i] for i in map(int, exclude_ids) if i in self._row})
         k = min(k, n - len(excluded))
         if k <= 0:
             return np.empty(0, np.int64), np.empty((0, q.size), np.float32)
-        if k < n:
-            # float32 products of equal rows differ by an ulp or so with the row's position, so
-            # take every row within twice the rounding bound of the k-th score, and rescore.
-            top = np.argpartition(scores, n - k)[n - k:]
-            eps = max(1e-6, 2 * q.size * 2.0**-24)
-            cand = np.flatnonzero(scores >= scores[top].min() - eps)
-        else:
-            cand = np.flatnonzero(scores > -np.inf)
-        return self._ids[cand], self._mat[cand]
+        rows = None  # the candidates' row numbers
+        if k < n - len(excluded) and n * q.size >= self.coarse_min_values:
+            # Past ~4k candidates, rescoring them costs about what a float32 scan does.
+            rows = quantized.candidate_rows(self._codes[:n], self._scale[:n], self._resid[:n], q, k, excluded,
+                                            _ROW_NORM_MAX, max_candidates=max(4096, n // 32))
+        if rows is None:
+            scores = self._mat[:n] @ q
+            if excluded:
+                scores[excluded] = -np.inf
+            rows = _near_top(scores, k, q.size)
+        elif len(rows) > self.direct_rescore_max:  # float32 first (no BLAS: its idle threads would spin on our cores)
+            rows = rows[_near_top(np.einsum("ij,j->i", self._mat[rows], q), k, q.size)]
+        return self._ids[rows], self._mat[rows]
+
+
+def _near_top(scores: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """Positions of the k best float32 scores of `dim`-term products and of every other one within
+    rounding of the k-th (-inf ones never): float32 products of equal rows differ by an ulp or so
+    with the row's place, so `_best`'s float64 rescoring of all of these decides the order."""
+    n = len(scores)
+    if k >= n:
+        return np.flatnonzero(scores > -np.inf)
+    top = np.argpartition(scores, n - k)[n - k:]
+    eps = max(1e-6, 2 * dim * 2.0**-24)
+    return np.flatnonzero(scores >= scores[top].min() - eps)
 
 
 def _best(q: np.ndarray, k: int, cand_ids: np.ndarray, rows: np.ndarray) -> list[tuple[int, float]]:

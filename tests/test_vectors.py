@@ -1,5 +1,6 @@
 """The in-RAM index: exact top-k against a brute force, exclusion, deterministic ties, upserts and
-removals that keep it exact, a transform hook, and concurrent use."""
+removals that keep it exact, a transform hook, and concurrent use. Every test runs with the float32
+scan, and with the int8 first pass (`simd.quantized`) forced on whatever the index size."""
 
 from __future__ import annotations
 
@@ -9,7 +10,31 @@ import numpy as np
 import pytest
 from sklearn.metrics.pairwise import cosine_similarity
 
+from simd import quantized
 from simd.vectors import VectorIndex
+
+
+@pytest.fixture(autouse=True, params=["scan", "int8", "int8+float32"])
+def search_path(request, monkeypatch):
+    """Force one of the search paths (int8+float32: the candidates of the int8 pass, however few,
+    get a float32 pass before the float64 rescoring); count the searches the int8 pass answered."""
+    used = []
+    if request.param.startswith("int8"):
+        monkeypatch.setattr(VectorIndex, "coarse_min_values", 0)
+        monkeypatch.setattr(VectorIndex, "direct_rescore_max", 0 if request.param == "int8+float32" else 1 << 62)
+        real = quantized.candidate_rows
+
+        def counting(*args, **kwargs):
+            rows = real(*args, **kwargs)
+            used.append(rows is not None)
+            return rows
+
+        monkeypatch.setattr(quantized, "candidate_rows", counting)
+    else:
+        monkeypatch.setattr(VectorIndex, "coarse_min_values", 1 << 62)
+    yield used
+    # Where it ran (not for k >= the rows left), it pruned rather than gave up in most searches.
+    assert sum(used) >= len(used) / 2, used
 
 
 def data(n, dim=64, seed=0):
