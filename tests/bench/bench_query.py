@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Store and search benchmark: `VectorIndex.search` latency and process RSS at 10k, 100k and 1M
-2048-d vectors, `Store.load_vectors` / `Store.records()` at 100k rows, and two ways to fit 1M
-vectors in less RAM (float16 storage; PCA-256 with an exact re-rank), with their recall.
+2048-d vectors, on the product's path (an int8 first pass with exact bounds, then an exact rescoring)
+and on the float32 scan it replaces, measured one after the other in the same run and checked to
+return the same ids and scores; the same at 100k on isotropic vectors (the int8 pass's worst case);
+`Store.load_vectors` / `Store.records()` at 100k rows; and two ways to fit 1M vectors in less RAM
+(float16 storage; PCA-256 with an exact re-rank), with their recall.
 
     .venv/bin/python tests/bench/bench_query.py            # full run, a few minutes, 8 GB of temp disk
     .venv/bin/python tests/bench/bench_query.py --quick    # 10k and 100k only
@@ -126,33 +129,66 @@ def child_generate(a) -> dict:
 
 
 def child_exact(a) -> dict:
+    """`VectorIndex.search` as the product runs it (`--path int8`: the int8 first pass above its size
+    threshold) or forced to the float32 scan (`--path scan`)."""
+    from simd import quantized
     from simd.vectors import VectorIndex
 
+    if a.path == "scan":
+        VectorIndex.coarse_min_values = 1 << 62
+    candidates = []
+    real = quantized.candidate_rows
+
+    def counting(*args, **kw):
+        rows = real(*args, **kw)
+        candidates.append(-1 if rows is None else len(rows))
+        return rows
+
+    quantized.candidate_rows = counting
     base = mem()
     t = time.perf_counter()
-    mat = read_rows(a.data, 0, a.n)  # one preallocated array, as Store.load_vectors gives
+    mat = read_rows(a.data, 0, a.n) if a.data else isotropic(a.n)  # one array, as Store.load_vectors gives
+    read = time.perf_counter() - t
     ids = np.arange(1, a.n + 1, dtype=np.int64)  # SQLite ids start at 1
     index = VectorIndex(D)
+    t = time.perf_counter()
     index.replace_all(ids, mat)
-    del mat
     build = time.perf_counter() - t
+    del mat
     after = mem()
-    gt = np.load(a.gt)
-    rows = gt["rows"][: a.queries] if a.n == a.gt_n else query_rows(a.n, a.queries)
+    gt = np.load(a.gt) if a.gt else None
+    rows = gt["rows"][: a.queries] if gt is not None and a.n == a.gt_n else query_rows(a.n, a.queries)
     for r in rows[:3]:  # warm-up
         index.search(index.get(int(r) + 1), K, exclude_ids=[int(r) + 1])
+    candidates.clear()
     lat, got, c0 = [], [], cpu_s()
     for r in rows:
         q = index.get(int(r) + 1)  # "similar to this indexed image", as the product does
         t = time.perf_counter()
         res = index.search(q, K, exclude_ids=[int(r) + 1])
         lat.append(time.perf_counter() - t)
-        got.append(np.array([i - 1 for i, _ in res]))
-    out = {"n": a.n, **pct(lat, cpu_s() - c0), "load_s": round(build, 2), "base_rss_mb": base["rss_mb"], **after,
+        got.append(res)
+    out = {"n": a.n, "path": a.path, **pct(lat, cpu_s() - c0), "read_s": round(read, 2),
+           "load_into_index_s": round(build, 2), "base_rss_mb": base["rss_mb"], **after,
            "matrix_mb": round(a.n * D * 4 / 2**20)}
-    if a.n == a.gt_n:
-        out["recall_vs_gt"] = recall(got, gt["topk"][: len(got)])
+    if candidates:
+        c = np.array(candidates)
+        out["candidates"] = {"median": int(np.median(c)), "p95": int(np.percentile(c, 95)), "max": int(c.max()),
+                             "gave_up": int((c < 0).sum())}
+    if gt is not None and a.n == a.gt_n:
+        out["recall_vs_gt"] = recall([np.array([i - 1 for i, _ in g]) for g in got], gt["topk"][: len(got)])
+    if a.results:  # for the parent to check that both paths return the same ids and scores
+        Path(a.results).write_text(json.dumps([[list(p) for p in g] for g in got]))
     return out
+
+
+def isotropic(n: int) -> np.ndarray:
+    """Gaussian unit vectors: no structure at all, the worst case for the int8 pass's pruning."""
+    x = np.empty((n, D), np.float32)
+    for start in range(0, n, 20_000):
+        g = np.random.default_rng(7000 + start).standard_normal((min(20_000, n - start), D), dtype=np.float32)
+        x[start:start + len(g)] = g / np.sqrt(np.einsum("ij,ij->i", g, g))[:, None]
+    return x
 
 
 def child_transform(a) -> dict:
@@ -355,7 +391,11 @@ def machine() -> dict[str, str]:
 
     blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)"
             for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    import simsimd
+
+    caps = ",".join(k for k, v in simsimd.get_capabilities().items() if v and k != "serial")
     return machine_info(NumPy=np.__version__, SQLite=sqlite3.sqlite_version, BLAS="; ".join(blas),
+                        simsimd=f"{simsimd.__version__} ({caps})",
                         OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "(unset)"))
 
 
@@ -390,6 +430,8 @@ def main() -> None:
     ap.add_argument("--dims", type=int, default=256, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--gt", help=argparse.SUPPRESS)
+    ap.add_argument("--path", choices=["int8", "scan"], default="int8", help=argparse.SUPPRESS)
+    ap.add_argument("--results", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         res = CHILDREN[a.child](a)
@@ -412,16 +454,26 @@ def main() -> None:
         else:
             res["data"] = run_child("generate", n=big, data=data, gt=gt)
             stats.write_text(json.dumps(res["data"]))
-        res["exact"] = [run_child("exact", n=n, queries=q, **common)
-                        for n, q in ((10_000, 200), (100_000, 100), (1_000_000, 15)) if n <= big]
+        res["exact"], res["same_results"] = [], []
+        for n, q in ((10_000, 200), (100_000, 100), (1_000_000, 15)):
+            if n > big:
+                continue
+            by_path = {}
+            for path in ("int8", "scan"):  # the product's search, then the float32 scan it replaces
+                out = str(tmp / f"results-{path}.json")
+                res["exact"].append(run_child("exact", n=n, queries=q, path=path, results=out, **common))
+                by_path[path] = json.loads(Path(out).read_text())
+            res["same_results"].append({"n": n, "same": by_path["int8"] == by_path["scan"]})
+        by_path = {}
+        for path in ("int8", "scan"):  # no structure: the int8 pass's worst case
+            out = str(tmp / f"results-iso-{path}.json")
+            res["exact"].append({"data": "isotropic", **run_child("exact", n=100_000, queries=100, path=path,
+                                                                      results=out)})
+            by_path[path] = json.loads(Path(out).read_text())
+        res["same_results"].append({"n": 100_000, "data": "isotropic", "same": by_path["int8"] == by_path["scan"]})
+        print(f"  same results on both paths: {res['same_results']}", file=sys.stderr)
         res["store"] = run_child("store", n=100_000, **common)
         res["transform"] = run_child("transform", n=100_000, queries=50, dims=512, **common)
-        if os.environ.get("OPENBLAS_CORETYPE"):
-            res["exact_coretype_unset"] = run_child("exact", {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None},
-                                                    n=100_000, queries=100, **common)
-        else:
-            res["exact_coretype_haswell"] = run_child("exact", {"OPENBLAS_CORETYPE": "Haswell"},
-                                                      n=100_000, queries=100, **common)
         if not a.quick:
             res["f16"] = run_child("f16", n=big, queries=5, **common)
             res["pca"] = run_child("pca", n=big, queries=GT_QUERIES, dims=256, **common)
