@@ -17,9 +17,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,10 +25,10 @@ import numpy as np
 from sqlite_utils import Database
 
 from simd.errors import NotFound, SimdError
+from simd.storevalues import VEC_DTYPE, FileRecord, casefold, from_blob, make_private_dirs, to_blob
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
-_VEC_DTYPE = np.dtype("<f4")  # vectors are stored as little-endian float32 bytes
 _INFO_COLUMNS = "id, path, size, mtime_ns, hash, state, error, model, dim, created_at, updated_at"
 _CHUNK = 500  # ids / paths per IN (...) statement, well under SQLite's variable limit
 
@@ -56,19 +54,6 @@ _SCHEMA_V1 = (
 )
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    """What a reconcile needs to know of one stored path."""
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    hash: str | None
-    state: str
-    model: str | None
-
-
 def _subtree(prefix: str) -> tuple[str, list]:
     """WHERE clause for `prefix` itself and everything under `prefix/`.
 
@@ -86,42 +71,6 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _to_blob(vector: np.ndarray) -> tuple[bytes, int]:
-    v = np.asarray(vector)
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"a vector must be 1-D and non-empty, got shape {v.shape}")
-    v = v.astype(_VEC_DTYPE, copy=False)
-    if not np.isfinite(v).all():
-        raise ValueError("vector has NaN or infinite values")
-    return v.tobytes(), int(v.size)
-
-
-def _from_blob(blob: bytes | None) -> np.ndarray | None:
-    if blob is None:
-        return None
-    return np.frombuffer(blob, dtype=_VEC_DTYPE).astype(np.float32)
-
-
-def _casefold(text: str | None) -> str | None:
-    """Fold for name search: case, Unicode form (macOS/SMB store NFD names) and accents, so that
-    "cafe", "Café" and a decomposed "café" all find each other."""
-    if text is None:
-        return None
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-def _make_dirs(path: Path) -> None:
-    """Create `path` and its missing parents with mode 0700 (state may be private)."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700, exist_ok=True)
-
-
 class Store:
     def __init__(self, db_path: str | Path, *, readonly: bool = False):
         self.path = Path(db_path).expanduser().absolute()
@@ -136,13 +85,13 @@ class Store:
                 conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                                        timeout=BUSY_TIMEOUT_MS / 1000)
             else:
-                _make_dirs(self.path.parent)
+                make_private_dirs(self.path.parent)
                 conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                        timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as e:
             raise SimdError(f"cannot open the index {self.path}: {e}") from None
         self.db = Database(conn, execute_plugins=False)
-        self.db.register_function(_casefold, deterministic=True, name="simd_casefold")
+        self.db.register_function(casefold, deterministic=True, name="simdcasefold")
         try:
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -259,13 +208,13 @@ class Store:
             row = self.db.execute(
                 "SELECT vector FROM images WHERE hash = ? AND model = ? AND state = 'ok' "
                 "AND vector IS NOT NULL LIMIT 1", [hash, model]).fetchone()
-        return _from_blob(row[0]) if row else None
+        return from_blob(row[0]) if row else None
 
     def vector_of(self, image_id: int, model: str) -> np.ndarray | None:
         with self._lock:
             row = self.db.execute("SELECT vector FROM images WHERE id = ? AND model = ? AND state = 'ok'",
                                   [int(image_id), model]).fetchone()
-        return _from_blob(row[0]) if row else None
+        return from_blob(row[0]) if row else None
 
     def load_vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 (n,), vectors float32 (n, dim)) of the ok rows of `model`, by id.
@@ -297,7 +246,7 @@ class Store:
                             raise SimdError(f"image {image_id}: stored vector has {len(blob)} bytes, "
                                             f"expected {4 * dim}")
                         ids[i] = image_id
-                        matrix[i] = np.frombuffer(blob, dtype=_VEC_DTYPE)
+                        matrix[i] = np.frombuffer(blob, dtype=VEC_DTYPE)
                         i += 1
             finally:
                 if own_txn:
@@ -311,7 +260,7 @@ class Store:
             if q.isascii() and self._all_ascii():  # LIKE folds ASCII case only, C-fast, no Python per row
                 where, params = "WHERE path LIKE ? ESCAPE '\\'", [f"%{_like_escape(q)}%"]
             else:
-                where, params = "WHERE instr(simd_casefold(path), ?) > 0", [_casefold(q)]
+                where, params = "WHERE instr(simdcasefold(path), ?) > 0", [casefold(q)]
         with self._lock:
             total = self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
             rows = self._dicts(f"SELECT {_INFO_COLUMNS} FROM images {where} ORDER BY path LIMIT ? OFFSET ?",
@@ -407,7 +356,7 @@ class Store:
     def put_ok(self, path: str, size: int, mtime_ns: int, hash: str | None, model: str,
                vector: np.ndarray) -> int:
         """Upsert by path (an existing path keeps its id); returns the id."""
-        blob, dim = _to_blob(vector)
+        blob, dim = to_blob(vector)
         return self._put(path, size, mtime_ns, hash, "ok", None, model, dim, blob)
 
     def put_failed(self, path: str, size: int, mtime_ns: int, hash: str | None, error: str) -> int:
