@@ -246,12 +246,12 @@ def cmd_status(config: cfg.Config, args) -> int:
         store = Store(db_path(state), readonly=True)
         try:
             model, root = store.get_meta("model"), store.get_meta("library_root") or ""
-            counts = store.counts(model)
+            counts, dim = store.counts(model), store.model_dim(model)
         finally:
             store.close()
         status = {"state": "idle" if root and Path(root).is_dir() else "offline", "indexed": counts["indexed"],
                   "pending": counts.get("stale", 0), "failed": counts["failed"], "model": model or "",
-                  "dim": 0, "library": root, "total": counts["total"], "daemon": False}
+                  "dim": dim, "library": root, "total": counts["total"], "daemon": False}
     if args.json:
         print(json.dumps(status))
         return 0

@@ -288,6 +288,12 @@ class Store:
             indexed = ok
         return {"indexed": indexed, "failed": failed, "total": total, "stale": ok - indexed}
 
+    def model_dim(self, model: str | None) -> int:
+        """The size of `model`'s stored vectors; 0 when it has none."""
+        with self._lock:
+            row = self.db.execute("SELECT dim FROM images WHERE state = 'ok' AND model = ? LIMIT 1", [model]).fetchone()
+        return int(row[0]) if row and row[0] else 0
+
     def stale_paths(self, model: str, limit: int | None = None) -> list[str]:
         sql = "SELECT path FROM images WHERE state = 'ok' AND model IS NOT ? ORDER BY path"
         params: list = [model]

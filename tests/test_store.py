@@ -216,6 +216,7 @@ def test_load_vectors_only_returns_the_models_ok_rows(store):
     assert ids.shape == (0,) and mat.shape[0] == 0
     assert store.counts(M) == {"indexed": 2, "failed": 1, "total": 4, "stale": 1}
     assert store.counts(None) == {"indexed": 3, "failed": 1, "total": 4, "stale": 0}
+    assert store.model_dim(M) == 8 and store.model_dim("no-such-model") == 0
     assert store.stale_paths(M) == ["b.jpg"] and store.stale_paths("other") == ["a.jpg", "d.jpg"]
     assert store.stale_paths("other", limit=1) == ["a.jpg"]
 
