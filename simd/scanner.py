@@ -88,7 +88,7 @@ def walk(root: Path, ignore: IgnoreRules, *, follow_symlinks: bool = False, unde
                 except OSError:
                     continue
                 if stat_mod.S_ISDIR(st.st_mode):
-                    if ignore.ignored(rel, True):
+                    if ignore.ignored_entry(entry.name, rel, True):
                         continue
                     if follow_symlinks:
                         key = (st.st_dev, st.st_ino)
@@ -96,7 +96,7 @@ def walk(root: Path, ignore: IgnoreRules, *, follow_symlinks: bool = False, unde
                             continue
                         seen_dirs.add(key)
                     stack.append((entry.path, rel))
-                elif stat_mod.S_ISREG(st.st_mode) and not ignore.ignored(rel, False):
+                elif stat_mod.S_ISREG(st.st_mode) and not ignore.ignored_entry(entry.name, rel, False):
                     found[rel] = DiskFile(rel, st.st_size, st.st_mtime_ns)
     return found
 

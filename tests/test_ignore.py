@@ -84,3 +84,32 @@ def test_leading_slash_and_dot_slash_are_tolerated():
 
 def test_patterns_are_kept_for_display():
     assert IgnoreRules(["*.xmp", " raw/ "]).patterns == ("*.xmp", "raw")
+
+
+def test_the_walk_finds_exactly_the_files_ignored_lets_through(tmp_path):
+    """The walk judges each entry by its own name only (its folders passed on the way down); on a
+    real tree holding every case above it must agree with `ignored` on the whole path."""
+    from simd.scanner import walk
+
+    patterns = sorted({p for ps, _, _, _ in CONFIGURED for p in ps})
+    rules = IgnoreRules(patterns)
+    files = set()
+    for rel, is_dir, _ in BUILT_IN + [(rel, is_dir, None) for _, rel, is_dir, _ in CONFIGURED]:
+        if not rel:
+            continue
+        path = tmp_path / rel
+        for base in ("", "sub/"):  # each case at the top and one level down
+            target = tmp_path / base / rel
+            if is_dir:
+                target.mkdir(parents=True, exist_ok=True)
+                (target / "inside.jpg").write_bytes(b"x")
+                files.add(f"{base}{rel}/inside.jpg")
+            elif not target.is_dir():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(b"x")
+                files.add(f"{base}{rel}")
+        assert path.exists()
+    files = {f for f in files if (tmp_path / f).is_file()}
+    expected = {f for f in files if not rules.ignored(f, False)}
+    assert set(walk(tmp_path, rules)) == expected
+    assert 10 < len(expected) < len(files) - 20  # both kinds are there in numbers
