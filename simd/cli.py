@@ -118,11 +118,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_models() -> int:
     from simd.backbones import models_report
+    from simd.embedder import resolve_descriptor
 
     config = cfg.load()
     for m in models_report(weights=config.weights):
         mark = "yes" if m["weights_available"] else "no "
-        print(f"{m['id']:<20} dim {m['dim']:<5} input {m['input_size']}px  weights: {mark} ({m['weights_source']})")
+        # What the index stores with this backbone and the configured descriptor, which may project
+        # the features (Lite0's default: onto its 1000 ImageNet logits) or enlarge the input.
+        desc = resolve_descriptor(config.descriptor, m["id"])
+        dim = m["classes"] if desc.logits and m["classes"] else m["dim"]
+        sizes = "+".join(f"{round(m['input_size'] * s)}" for s in desc.scales)
+        print(f"{m['id']:<20} vectors {dim}-d  input {sizes}px  weights: {mark} ({m['weights_source']})")
     return 0
 
 

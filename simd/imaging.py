@@ -279,7 +279,9 @@ def _decode_failure(e: BaseException, fmt: str) -> str:
     if isinstance(e, OSError) and e.errno is not None:  # a real I/O error from the disk
         return f"read error ({e.strerror or text})"
     if isinstance(e, EOFError) or "truncated" in text.lower():
-        return f"truncated image data ({text})"
+        # Pillow's own text ("image file is truncated (9 bytes not processed)") counts what was
+        # left in its buffer, not what is missing from the file: it misleads, so it is not shown.
+        return f"truncated: the {fmt.upper()} data ends before the image is complete (an interrupted copy or download?)"
     return f"corrupt image data ({type(e).__name__}: {text})"
 
 

