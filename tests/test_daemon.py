@@ -182,3 +182,34 @@ def test_watchdog_pings_stop_when_the_indexer_thread_dies(tmp_path, library, pho
         thread.join(20)
         sock.close()
     assert result.get("rc") == 0
+
+
+def test_query_of_an_outside_image_is_answered_by_the_running_daemon(tmp_path, library, photo_dir):
+    """`simd query` of a file outside the library uploads it to the daemon serving the index (its
+    model is loaded already) instead of loading one; a bad file is refused before any model loads."""
+    for name in ("chelsea.jpg", "coffee.jpg"):
+        shutil.copy(photo_dir / name, library / name)
+    state = tmp_path / "state"
+    served = Served(library, state)
+    try:
+        served.wait_idle(indexed=2)
+        outside = tmp_path / "outside.jpg"
+        shutil.copy(photo_dir / "chelsea.jpg", outside)
+        env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0"}
+        r = subprocess.run([sys.executable, "-m", "simd", "query", str(outside), "--state-dir", str(state),
+                            "-k", "2", "--json", "--log-level", "INFO"], capture_output=True, text=True, env=env,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert f"asked the daemon at {served.url}" in r.stderr
+        result = json.loads(r.stdout)
+        assert [hit["path"] for hit in result["results"]] == ["chelsea.jpg", "coffee.jpg"]
+        assert result["results"][0]["score"] > 0.99
+        (tmp_path / "empty.jpg").write_bytes(b"")
+        code = ("import sys; from simd.cli import main; rc = main(sys.argv[1:]); "
+                "print('tensorflow' in sys.modules, rc)")
+        r = subprocess.run([sys.executable, "-c", code, "query", str(tmp_path / "empty.jpg"), "--state-dir",
+                            str(state)], capture_output=True, text=True, env=env, timeout=120)
+        assert r.stdout.split() == ["False", "1"], r.stderr
+        assert "empty.jpg" in r.stderr and "empty" in r.stderr.split("empty.jpg", 1)[1]
+    finally:
+        served.stop(signal.SIGKILL)
