@@ -138,6 +138,7 @@ class SearchService:
             "dim": snap["dim"] or 0,
             "library": str(self.library_root),
             "total": counts["total"],
+            "revision": counts["revision"],  # the page reloads its library grid when this changes
             "progress": snap["progress"],
             "last_error": snap["last_error"],
             "library_online": snap["state"] != "offline",

@@ -279,14 +279,17 @@ class Store:
 
     def counts(self, model: str | None) -> dict:
         """indexed: ok rows of `model`; stale: ok rows of another model; model None: every ok row is
-        indexed and none is stale."""
+        indexed and none is stale. revision: changes whenever a row is added, removed or rewritten
+        (ids are never reused, so the newest id and the count tell additions from removals)."""
         with self._lock:
-            total, ok, failed, indexed = self.db.execute(
+            total, ok, failed, indexed, last_id, last_write = self.db.execute(
                 "SELECT count(*), coalesce(sum(state = 'ok'), 0), coalesce(sum(state = 'failed'), 0), "
-                "coalesce(sum(state = 'ok' AND model IS ?), 0) FROM images", [model]).fetchone()
+                "coalesce(sum(state = 'ok' AND model IS ?), 0), max(id), max(updated_at) FROM images",
+                [model]).fetchone()
         if model is None:
             indexed = ok
-        return {"indexed": indexed, "failed": failed, "total": total, "stale": ok - indexed}
+        return {"indexed": indexed, "failed": failed, "total": total, "stale": ok - indexed,
+                "revision": f"{total}-{last_id or 0}-{last_write or 0}"}
 
     def model_dim(self, model: str | None) -> int:
         """The size of `model`'s stored vectors; 0 when it has none."""

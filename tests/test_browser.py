@@ -109,7 +109,7 @@ def search_flow(page, base: str, count: int, upload: Path, name_prefix: str):
     expect(results(page)).to_have_count(10, timeout=60_000)
     scores = results(page).locator("[data-testid=score]")
     expect(scores.first).to_be_visible()
-    values = [float(t.rstrip("%")) for t in scores.all_inner_texts()]
+    values = [float(t.rstrip("%").lstrip(">")) for t in scores.all_inner_texts()]
     assert values == sorted(values, reverse=True) and all(-100 <= v <= 100 for v in values)
     assert "cosine similarity" in scores.first.get_attribute("title").lower()
     expect(page.get_by_test_id("query-label")).to_contain_text(upload.name)
@@ -188,7 +188,7 @@ def test_page_against_local_server(browser, local_server, tmp_path):
     expect(page.locator("[data-testid=browse-grid] [data-testid=card]")).to_have_count(6)
     expect(page.get_by_test_id("page-info")).to_have_text("1–6 of 6")
     page.get_by_test_id("filter").fill("no-such-name")
-    expect(page.get_by_test_id("browse-message")).to_contain_text("No file names contain")
+    expect(page.get_by_test_id("browse-message")).to_contain_text("No file or folder names contain")
     page.get_by_test_id("filter").fill("")
     expect(page.get_by_test_id("page-info")).to_have_text("1–17 of 17")
 
@@ -218,6 +218,62 @@ def test_page_against_local_server(browser, local_server, tmp_path):
     watch.check()
     for p in (up_shot, nb_shot, error_shot, mobile_shot):
         assert p.stat().st_size > 10_000
+
+
+def test_back_reload_and_a_changing_library(browser, local_server):
+    """The search, the filter and the page are in the URL (Back, Forward and reload work), and the
+    library grid follows the library: one file added and one deleted (the same total) shows at once."""
+    from simd.store import Store
+
+    env, server = local_server
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    watch = PageWatch(page, server.url)
+    page.goto(server.url + "/")
+    wait_idle(page, 16)
+    grid = page.locator("[data-testid=browse-grid] [data-testid=card]")
+    expect(grid).to_have_count(16)
+
+    first = grid.nth(0).get_by_test_id("card-name").get_attribute("title")
+    second = grid.nth(1).get_by_test_id("card-name").get_attribute("title")
+    grid.nth(0).get_by_test_id("card-open").click()
+    expect(page.get_by_test_id("query-label")).to_contain_text(first)
+    grid.nth(1).get_by_test_id("card-open").click()
+    expect(page.get_by_test_id("query-label")).to_contain_text(second)
+    assert "similar=" + second.replace("/", "%2F") in page.url
+    page.go_back()
+    expect(page.get_by_test_id("query-label")).to_contain_text(first)
+    expect(results(page)).to_have_count(10)
+    page.go_back()
+    expect(page.get_by_test_id("results-section")).to_be_hidden()
+    page.go_forward()
+    expect(page.get_by_test_id("query-label")).to_contain_text(first)
+    page.reload()  # the search comes back from the URL, with its query picture
+    expect(page.get_by_test_id("query-label")).to_contain_text(first)
+    expect(results(page)).to_have_count(10)
+    expect(page.locator("#query-thumb")).to_be_visible()
+
+    page.get_by_test_id("filter").fill("holiday")
+    expect(grid).to_have_count(6)
+    page.wait_for_function("() => location.search.includes('q=holiday')")
+    page.reload()
+    expect(page.get_by_test_id("filter")).to_have_value("holiday")
+    expect(grid).to_have_count(6)
+    page.get_by_test_id("filter").fill("")
+    expect(grid).to_have_count(16)
+
+    # one image added and another deleted behind the page's back: the total stays 16
+    gone = "garden/photo01.jpg"
+    stale_card = grid.filter(has=page.locator(f"[title='{gone}']")).first
+    expect(stale_card).to_be_visible()
+    shutil.copy(env.path_of("holiday/photo00.jpg"), env.path_of("garden/new.jpg"))
+    env.add("garden/new.jpg")
+    with Store(env.db) as store, store.batch():
+        store.delete_paths([gone])
+    env.service.vectors.remove([env.ids[gone]])
+    expect(grid.get_by_test_id("card-name").filter(has_text="new.jpg")).to_have_count(1, timeout=10_000)
+    expect(grid.locator(f"[title='{gone}']")).to_have_count(0)
+    expect(page.get_by_test_id("page-info")).to_have_text("1–16 of 16")
+    watch.check()
 
 
 def test_paste_and_drop(browser, local_server):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -214,8 +215,11 @@ def test_load_vectors_only_returns_the_models_ok_rows(store):
     assert np.array_equal(mat, np.stack([vec(1), vec(4)]))
     ids, mat = store.load_vectors("no-such-model")
     assert ids.shape == (0,) and mat.shape[0] == 0
-    assert store.counts(M) == {"indexed": 2, "failed": 1, "total": 4, "stale": 1}
-    assert store.counts(None) == {"indexed": 3, "failed": 1, "total": 4, "stale": 0}
+    counts = store.counts(M)
+    assert counts.pop("revision") == store.counts(None).pop("revision")
+    assert counts == {"indexed": 2, "failed": 1, "total": 4, "stale": 1}
+    assert {k: v for k, v in store.counts(None).items() if k != "revision"} == {
+        "indexed": 3, "failed": 1, "total": 4, "stale": 0}
     assert store.model_dim(M) == 8 and store.model_dim("no-such-model") == 0
     assert store.stale_paths(M) == ["b.jpg"] and store.stale_paths("other") == ["a.jpg", "d.jpg"]
     assert store.stale_paths("other", limit=1) == ["a.jpg"]
@@ -290,7 +294,7 @@ def test_reader_in_another_thread_works_while_a_write_batch_is_open(db_path):
             with Store(db_path, readonly=True) as reader:
                 seen["records"] = set(reader.records())
                 seen["vectors"] = len(reader.load_vectors(M)[0])
-                seen["counts"] = reader.counts(M)
+                seen["counts"] = {k: v for k, v in reader.counts(M).items() if k != "revision"}
         except Exception as e:  # reported below
             errors.append(e)
         finally:
@@ -356,3 +360,32 @@ def test_name_filter_folds_case_accents_and_unicode_forms(tmp_path):
     found = {q: [r["path"] for r in store.list_images(0, 10, q)[0]] for q in ("cafe", "CAFÉ", "resume", "%")}
     assert found == {"cafe": ["a/Café.jpg"], "CAFÉ": ["a/Café.jpg"], "resume": [names[1]], "%": ["y/50%_off.jpg"]}
     store.close()
+
+
+def test_revision_changes_with_every_addition_removal_and_rewrite(store):
+    """The page reloads its library grid when `revision` changes: one file added while another is
+    deleted keeps the count, a rename is a new row, a re-embed rewrites one; a read changes nothing."""
+    seen = [store.counts(M)["revision"]]
+
+    def changed():
+        rev = store.counts(M)["revision"]
+        assert rev not in seen, seen
+        seen.append(rev)
+
+    with store.batch():
+        put(store, "a.jpg", seed=1)
+        put(store, "b.jpg", seed=2)
+    changed()
+    with store.batch():  # add one, delete one: the same count
+        put(store, "c.jpg", seed=3)
+        store.delete_paths(["a.jpg"])
+    changed()
+    time.sleep(0.01)
+    with store.batch():  # b.jpg's content changed: rewritten in place, same id
+        put(store, "b.jpg", seed=9)
+    changed()
+    with store.batch():
+        store.delete_paths(["c.jpg"])
+    changed()
+    store.records(), store.load_vectors(M), store.list_images(0, 10)
+    assert store.counts(M)["revision"] == seen[-1]

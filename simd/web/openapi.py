@@ -46,6 +46,8 @@ SCHEMAS = {
                    "state": {"enum": ["starting", "scanning", "indexing", "idle", "offline"]},
                    "indexed": {"type": "integer"}, "pending": {"type": "integer"},
                    "failed": {"type": "integer"}, "total": {"type": "integer"},
+                   "revision": {"type": "string", "description": "Changes whenever an image is added, "
+                                "removed or re-embedded (compare it; do not parse it)."},
                    "model": {"type": "string"}, "dim": {"type": "integer"}, "library": {"type": "string"},
                    "progress": {"type": ["object", "null"]}, "last_error": {"type": ["string", "null"]},
                    "max_upload_mb": {"type": "number"}}},

@@ -20,6 +20,47 @@
   let searchSeq = 0;
   let browseSeq = 0;
   const browse = { offset: 0, q: "", total: 0 };
+  let currentSimilar = ""; // path of the indexed image whose neighbours are shown ("" for none/upload)
+
+  // -- the address bar: the search by an indexed image, the filter and the page live in the URL,
+  // so Back, Forward, reload and bookmarks work (an upload cannot: its bytes are not kept).
+  function readUrl() {
+    const p = new URLSearchParams(location.search);
+    const offset = parseInt(p.get("offset") || "0", 10);
+    return { similar: p.get("similar") || "", q: (p.get("q") || "").trim(),
+      offset: Number.isFinite(offset) && offset > 0 ? offset - (offset % PAGE) : 0 };
+  }
+
+  function writeUrl(push) {
+    const p = new URLSearchParams();
+    if (currentSimilar) p.set("similar", currentSimilar);
+    if (browse.q) p.set("q", browse.q);
+    if (browse.offset) p.set("offset", String(browse.offset));
+    const url = location.pathname + (p.toString() ? "?" + p.toString() : "");
+    if (url === location.pathname + location.search) return;
+    if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
+  }
+
+  // Back/Forward (and the first load): make the page say what the URL says.
+  function applyUrl() {
+    const u = readUrl();
+    if (u.q !== browse.q || u.offset !== browse.offset) {
+      browse.q = u.q;
+      browse.offset = u.offset;
+      $("filter").value = u.q;
+      if (lastStatus) loadBrowse(); // before the first status, pollStatus loads it
+    }
+    if (u.similar && u.similar !== currentSimilar) {
+      searchByPath(u.similar, null, false);
+    } else if (!u.similar && currentSimilar) {
+      currentSimilar = "";
+      searchSeq++; // a search still in flight must not show up any more
+      $("results-section").classList.add("hidden");
+      $("results").replaceChildren();
+      hideMessage($("message"));
+    }
+  }
+  window.addEventListener("popstate", applyUrl);
 
   // -- HTTP --------------------------------------------------------------------------------------
   class ApiError extends Error {
@@ -123,7 +164,9 @@
 
   // -- cards ---------------------------------------------------------------------------------------
   const basename = (p) => p.split("/").pop();
-  const percent = (s) => (s * 100).toFixed(1) + "%";
+  // One decimal, but only identical features (up to float rounding) read as "100.0%": 0.9996 is
+  // a re-saved copy, not the same picture.
+  const percent = (s) => (s < 0.99999 && s * 100 >= 99.95 ? ">99.9" : (s * 100).toFixed(1)) + "%";
 
   const MATCH_TEXT = {
     "near-duplicate": "same photo, edited or re-saved",
@@ -236,6 +279,11 @@
       ? data.results.length + " most similar" : "Most similar";
     $("results-title").dataset.count = String(data.results.length);
     const q = data.query || {};
+    const qThumb = $("query-thumb");
+    if (q.thumb && !qThumb.getAttribute("src") && !qThumb.dataset.src) {
+      qThumb.classList.remove("hidden");
+      setImage(qThumb, q.thumb, () => qThumb.classList.add("hidden"));
+    }
     $("query-label").textContent = (q.path ? "to " + q.path : "to the uploaded " + (q.upload || "image"))
       + " · model " + data.model + took;
   }
@@ -247,21 +295,30 @@
     $("results-title").textContent = "Could not search";
     $("results-title").dataset.count = "0";
     showMessage($("message"), friendly(err), "error");
+    if (err.status === 404) loadBrowse(); // the image went away: so should its card
   }
 
-  async function searchById(item) {
-    const seq = beginSearch("to " + item.path, item.thumb);
+  // By path, not id: the path is what a bookmark or the Back button can keep (a rename gives a file
+  // a new id). `push`: a new history entry (a click); false when the URL already says it.
+  async function searchByPath(path, thumb, push = true) {
+    currentSimilar = path;
+    writeUrl(push);
+    const seq = beginSearch("to " + path, thumb);
     $("results-section").scrollIntoView({ behavior: "smooth", block: "start" });
     try {
-      renderResults(seq, await apiJson("/api/similar?id=" + encodeURIComponent(item.id) + "&k=" + K));
+      renderResults(seq, await apiJson("/api/similar?path=" + encodeURIComponent(path) + "&k=" + K));
     } catch (e) {
       failSearch(seq, e);
     }
     $("results-title").focus({ preventScroll: true });
   }
 
+  const searchById = (item) => searchByPath(item.path, item.thumb);
+
   async function searchUpload(file) {
     if (!file) return;
+    currentSimilar = ""; // an upload is not kept: the URL cannot bring it back
+    writeUrl(false);
     const name = file.name || "pasted image";
     if (MAX_UPLOAD && file.size > MAX_UPLOAD) {
       const seq = beginSearch("to " + name, null);
@@ -298,7 +355,7 @@
     for (const item of data.images) grid.appendChild(makeCard(item, null));
     if (!data.total) {
       showMessage($("browse-message"), browse.q
-        ? "No file names contain “" + browse.q + "”."
+        ? "No file or folder names contain “" + browse.q + "”."
         : lastStatus && lastStatus.state !== "idle" && lastStatus.state !== "offline"
           ? "Indexing the library: pictures appear here as they are indexed."
           : "The library is empty so far. Add pictures to the library folder; they are indexed automatically.",
@@ -319,15 +376,18 @@
     filterTimer = setTimeout(() => {
       browse.q = $("filter").value.trim();
       browse.offset = 0;
+      writeUrl(false);
       loadBrowse();
     }, 250);
   });
   $("prev-page").addEventListener("click", () => {
     browse.offset = Math.max(0, browse.offset - PAGE);
+    writeUrl(false);
     loadBrowse();
   });
   $("next-page").addEventListener("click", () => {
     if (browse.offset + PAGE < browse.total) browse.offset += PAGE;
+    writeUrl(false);
     loadBrowse();
   });
 
@@ -357,12 +417,14 @@
     } else {
       failed.classList.add("hidden");
     }
-    // Reload the library page when rows appeared or went, but do not reshuffle a full page under
-    // the reader's eyes while indexing runs: then only once the state is idle again.
+    // Reload the library page when images were added, removed, renamed or re-embedded (the
+    // revision changes; one added and one deleted leave the total as it was), but do not reshuffle
+    // a full page under the reader's eyes while indexing runs: then only once it is idle again.
+    const revision = st.revision !== undefined ? st.revision : String(total);
     const pageFull = $("browse-grid").children.length >= PAGE;
-    const reload = !lastStatus || (lastStatus.total !== total && (!pageFull || st.state === "idle"))
+    const reload = !lastStatus || (lastStatus.revision !== revision && (!pageFull || st.state === "idle"))
       || (lastStatus.state !== "idle" && st.state === "idle");
-    lastStatus = { ...st, total };
+    lastStatus = { ...st, total, revision };
     if (reload) loadBrowse();
   }
 
@@ -469,5 +531,6 @@
     }
   });
 
+  applyUrl();
   pollStatus();
 })();
