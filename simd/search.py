@@ -118,6 +118,8 @@ class SearchService:
         self.vectors = vectors
         self.runtime = runtime
         self._local = threading.local()
+        self._uploads_embedded = 0  # query uploads sent through the network (not indexing work)
+        self._uploads_lock = threading.Lock()
 
     # -- store access: one read-only connection per thread (sqlite connections are not shared)
     def _store(self) -> Store:
@@ -128,6 +130,8 @@ class SearchService:
 
     def status(self) -> dict:
         snap = self.runtime.snapshot()
+        with self._uploads_lock:
+            uploads = self._uploads_embedded
         counts = self._store().counts(snap["model"])
         return {
             "state": snap["state"],
@@ -142,8 +146,10 @@ class SearchService:
             "progress": snap["progress"],
             "last_error": snap["last_error"],
             "library_online": snap["state"] != "offline",
-            # images sent through the network since start: renames and moves must not raise it
-            "embedded": getattr(self.runtime.embedder, "images_embedded", 0),
+            # library images sent through the network since start (renames and moves must not
+            # raise it), and uploads embedded to answer queries, apart
+            "embedded": max(0, getattr(self.runtime.embedder, "images_embedded", 0) - uploads),
+            "uploads_embedded": uploads,
         }
 
     def similar(self, *, image_id: Any = None, path: str | None = None, data: bytes | None = None,
@@ -156,7 +162,9 @@ class SearchService:
             embedder = self.runtime.embedder
             if embedder is None:
                 raise NotReady("the model is still loading; try again in a moment")
-            query_vec = embedder.embed_bytes(data, name)
+            query_vec = embedder.embed_bytes(data, name)  # one that does not decode is not counted
+            with self._uploads_lock:
+                self._uploads_embedded += 1
             query = {"upload": name}
             exclude: tuple[int, ...] = ()
         else:

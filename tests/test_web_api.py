@@ -76,6 +76,11 @@ def test_status(client, env):
     assert st["model"] == "histogram-test" and st["dim"] == env.embedder.dim
     assert st["library"] == str(env.library)
     assert st["max_upload_mb"] == 1.0
+    assert (st["embedded"], st["uploads_embedded"]) == (0, 0)
+    post_image(client, "/api/similar", env.path_of("garden/photo01.jpg").read_bytes())
+    post_image(client, "/api/similar", b"not an image at all")  # refused before the network
+    st = client.get("/api/status").get_json()
+    assert (st["embedded"], st["uploads_embedded"]) == (0, 1), "queries are not indexing work"
 
 
 # -- similar by id / path ------------------------------------------------------------------------

@@ -51,9 +51,10 @@ class HistogramEmbedder:
         return self.vector(open_image(path))
 
     def embed_bytes(self, data: bytes, name: str) -> np.ndarray:
-        with self._lock:
+        vector = self.vector(open_image(data, name=name))
+        with self._lock:  # as the real Embedder: only images that reached the "network" count
             self.images_embedded += 1
-        return self.vector(open_image(data, name=name))
+        return vector
 
 
 @dataclass

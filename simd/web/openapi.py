@@ -46,6 +46,8 @@ SCHEMAS = {
                    "state": {"enum": ["starting", "scanning", "indexing", "idle", "offline"]},
                    "indexed": {"type": "integer"}, "pending": {"type": "integer"},
                    "failed": {"type": "integer"}, "total": {"type": "integer"},
+                   "embedded": {"type": "integer", "description": "Library images embedded since start."},
+                   "uploads_embedded": {"type": "integer", "description": "Uploads embedded to answer queries."},
                    "revision": {"type": "string", "description": "Changes whenever an image is added, "
                                 "removed or re-embedded (compare it; do not parse it)."},
                    "model": {"type": "string"}, "dim": {"type": "integer"}, "library": {"type": "string"},
