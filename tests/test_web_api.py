@@ -247,8 +247,18 @@ def test_non_image_upload_is_415(client, env, name, data):
             r = post_image(client, "/api/similar", data, f"{name}.jpg")
         else:
             r = client.post(f"/api/similar?name={name}.jpg", data=data, content_type="application/octet-stream")
+        if not data and not multipart:  # no body at all: a request missing its image, not a bad image
+            assert "no image in the request" in assert_error(r, 400, "bad_request")["message"]
+            continue
         err = assert_error(r, 415, "unsupported_image")
         assert f"{name}.jpg" in err["message"]
+
+
+def test_an_upload_with_id_or_path_is_refused_not_half_understood(client, env):
+    data = env.path_of("garden/photo04.jpg").read_bytes()
+    for q in (f"id={env.ids['garden/photo04.jpg']}", "path=garden/photo04.jpg"):
+        r = client.post(f"/api/similar?{q}", data=data, content_type="application/octet-stream")
+        assert "GET /api/similar" in assert_error(r, 400, "bad_request")["message"]
 
 
 def test_503_before_the_model_is_ready(client, env):

@@ -65,6 +65,9 @@ def similar_get():
 def similar_post():
     k = parse_k(request.args.get("k"))
     min_score = parse_min_score(request.args.get("min_score"))
+    if "id" in request.args or "path" in request.args:  # not silently ignored: which did they mean?
+        raise BadRequest("a POST searches by the uploaded image; to search by an indexed one, GET "
+                         "/api/similar?id=N or ?path=REL")
     data, name = _read_upload()
     out = service().similar(data=data, name=name, k=k, min_score=min_score)
     return _similar_links(out)
@@ -92,8 +95,10 @@ def _read_upload() -> tuple[bytes, str]:
         name = os.path.basename((request.args.get("name") or "").replace("\\", "/")) or "upload"
     if len(data) > cap:
         raise TooLarge(f"the upload is larger than the {state().config.max_upload_mb:g} MB limit")
+    if not data and request.mimetype != "multipart/form-data":
+        raise BadRequest("no image in the request: send it as the request body or as the multipart field 'image'")
     if not data:
-        raise ImageError(name, "empty upload")
+        raise ImageError(name, "empty file")
     return data, name[:200]
 
 

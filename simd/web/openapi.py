@@ -99,7 +99,8 @@ PATHS = {
              _K, _MIN_SCORE]),
         "post": _op("The k indexed images most similar to an uploaded image (never stored).", {
             "200": _json(_ref("Similar"), "Results, best first."),
-            "400": _err("Bad parameter."), "413": _err("The upload is larger than max_upload_mb."),
+            "400": _err("Bad parameter, no image in the request, or an id/path (those are GET searches)."),
+            "413": _err("The upload is larger than max_upload_mb."),
             "415": _err("The upload is not a decodable image."), "503": _err("The model is still loading.")},
             [_K, _MIN_SCORE, _q("name", {"type": "string"}, "A name for a raw-body upload (messages only).")],
             requestBody={"required": True, "content": {
