@@ -299,7 +299,7 @@ def cmd_status(config: cfg.Config, args) -> int:
         print(json.dumps(status))
         return 0
     print(f"library  {status['library']}\nstate    {status['state']}"
-          f"{'' if status.get('daemon', True) else ' (no daemon answering)'}\n"
+          f"{'' if status.get('daemon', True) else ' (no simd daemon is running for it)'}\n"
           f"indexed  {status['indexed']}\npending  {status['pending']}\nfailed   {status['failed']}\n"
           f"model    {status['model'] or '-'}\nindex    {db_path(state)}")
     return 0
