@@ -26,17 +26,20 @@ import simsimd
 
 _LEVELS = 127  # symmetric int8 range, so -c is always representable
 _ENCODE_CHUNK = 1024  # rows per step: bounds the float32 temporaries to ~8 MB each at 2048-d
-# simsimd's int8 dot product spreads over this many threads (OpenMP); one per core we may use.
-THREADS = max(1, min(8, len(os.sched_getaffinity(0))))
+# simsimd's int8 dot product spreads over this many threads (OpenMP); one per core we may use
+# (sched_getaffinity is Linux-only; elsewhere every core counts).
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+THREADS = max(1, min(8, _CORES))
 
 
 def encode(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(m, d) float32 non-zero rows -> (codes (m, d) int8, scale (m,) float64, resid (m,) float64) with
     ||row - scale * codes|| <= resid for every row.
 
-    The residual is computed in float32 for speed; its rounding error is at most ~1e-7 absolute
-    (each of the d terms errs by ~2^-24 of |x_j| + s) plus ~d·2^-24 relative for the sum of
-    squares, so it is widened by 0.1% + 1e-6, far more than that and far less than the bound."""
+    The residual x - s·c is computed in float32 for speed: x - fl(s·c) is exact where c != 0
+    (Sterbenz), so each term errs by at most 2^-24·|s·c|, ~6e-8 in all for a unit row; its squares
+    are summed in float64. It is widened by 0.1% + 1e-6, far more than that and far less than the
+    bound itself (~0.01)."""
     rows = np.asarray(rows, dtype=np.float32)
     m, d = rows.shape
     codes = np.empty((m, d), np.int8)
@@ -81,6 +84,8 @@ def candidate_rows(codes: np.ndarray, scale: np.ndarray, resid: np.ndarray, q: n
     """Rows (ascending) that can be in the top k by q·x (`excluded` rows never are), or None when
     more than `max_candidates` would be; k must be less than the number of rows not excluded."""
     lo, hi = score_bounds(codes, scale, resid, q, row_norm_max)
+    if not 0 < k < len(lo) - len(set(excluded)):  # else τ would be -inf and excluded rows pass
+        raise ValueError(f"k={k} must be from 1 to the rows not excluded - 1")
     if excluded:
         lo[excluded] = -np.inf
         hi[excluded] = -np.inf

@@ -10,7 +10,10 @@ and take `_lock` only to publish, so a long rebuild does not stall searches.
 
 Large indexes also keep an int8 copy of the matrix (`simd.quantized`): a search scans it, a quarter
 of the bytes, for the few rows whose score bounds reach the top k and rescores only those, with the
-same exact result as a float32 scan. `coarse_min_values` sets from what size (rows x dim) it is used.
+same ids and scores as a float32 scan (both end in the same float64 rescoring; ties are rows whose
+float64 scores are equal, ordered by id). `coarse_min_values` sets from what size (rows x dim) it
+is used. The matrix given to `replace_all` is owned by the index from then on: changing it behind
+the index's back would leave the int8 copy stale.
 
 Transform hook (e.g. the PCA-whitening of `simd.whitening`): `fn((m, dim) float32) -> (m, out_dim)`
 is applied to raw vectors as they enter and to raw queries; the matrix holds the transformed,
@@ -276,13 +279,6 @@ def _best(q: np.ndarray, k: int, cand_ids: np.ndarray, rows: np.ndarray) -> list
 
 
 def _rescore(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """float64 scores that depend only on a row's values (not its place), so equal rows tie."""
-    q64 = q.astype(np.float64)
-    if len(rows) > 512:
-        return np.einsum("ij,j->i", rows.astype(np.float64), q64)
-    buf = np.empty(q.size, np.float64)
-    out = np.empty(len(rows), np.float64)
-    for j in range(len(rows)):
-        buf[:] = rows[j]
-        out[j] = np.dot(buf, q64)
-    return out
+    """float64 scores that depend only on a row's values, not on its place nor on how many rows
+    come with it (one kernel for any count), so equal rows tie and both search paths agree."""
+    return np.einsum("ij,j->i", rows.astype(np.float64), q.astype(np.float64))

@@ -151,3 +151,56 @@ def test_the_score_bounds_hold_and_are_nearly_reached_by_adversarial_queries():
         assert (lo <= true).all() and (true <= hi).all()
         mid, half = (lo + hi) / 2, (hi - lo) / 2
         assert abs(true[target] - mid[target]) > 0.8 * half[target], (target, true[target], lo[target], hi[target])
+
+
+def test_the_row_norm_allowance_is_needed():
+    """Rows within 1e-4 of unit norm are stored as they are, so the bound must allow for it: a row
+    along the query's own int8 error, with norm 1 + 0.99e-4, lands outside a bound that assumed 1."""
+    d = 4096
+    sigma = np.sign(np.random.default_rng(0).standard_normal(d))
+    sigma[0] = 0
+    q = 0.9 / 254 * sigma  # under half an int8 step of the spike's scale: all of it is error
+    q[0] = 1.0
+    q = unit(q)
+    x = (sigma / np.linalg.norm(sigma) * (1 + 0.99e-4)).astype(np.float32)[None, :]
+    codes, scale, resid = quantized.encode(x)
+    true = float(x[0].astype(np.float64) @ q.astype(np.float64))
+    lo, hi = quantized.score_bounds(codes, scale, resid, q, _ROW_NORM_MAX)
+    assert lo[0] <= true <= hi[0]
+    _, hi_unit = quantized.score_bounds(codes, scale, resid, q, 1.0)
+    assert hi_unit[0] - 1e-6 < true  # without the allowance only the 1e-6 slack would save it
+
+
+def near_grid_rows(seed, permuted):
+    """Rows almost exactly on the int8 grid (tight intervals) around a query: 10 (or 40 with equal
+    exact scores) at the top, then 600 within float32 rounding of the 10th: the int8 pass keeps a
+    few rows where the float32 scan keeps hundreds, and both must still agree to the last bit."""
+    d, rng = 2048, np.random.default_rng(seed)
+    if permuted:
+        q = np.full(d, 127.0, np.float32)
+        q[: d // 2] = 120
+        top = []
+        for _ in range(40):  # the same values in each half, moved about: equal exact scores
+            r = q.copy()
+            r[rng.choice(np.arange(d // 2, d), 20, replace=False)] -= 1
+            r[rng.choice(np.arange(d // 2), 20, replace=False)] -= 1
+            top.append(r)
+    else:
+        q = (127 - rng.integers(0, 3, d)).astype(np.float32)
+        top = q - rng.integers(0, 2, (10, d)) * (rng.random((10, d)) < 0.01)
+    near = q - rng.integers(0, 5, (600, d)) * (rng.random((600, d)) < 0.05)
+    return q, unit(np.vstack([top, near]))
+
+
+@pytest.mark.parametrize("permuted", [False, True])
+def test_both_paths_agree_to_the_bit_when_their_candidate_counts_differ(permuted):
+    q, rows = near_grid_rows(3 if not permuted else 4, permuted)
+    ids = np.arange(len(rows))
+    fast, scan = VectorIndex(rows.shape[1]), VectorIndex(rows.shape[1])
+    fast.coarse_min_values, scan.coarse_min_values = 0, 1 << 62
+    fast.replace_all(ids, rows.copy())
+    scan.replace_all(ids, rows.copy())
+    qn = unit(q)
+    assert len(fast._candidates(qn, 10, ())[0]) < 100 < len(scan._candidates(qn, 10, ())[0])
+    for k in (5, 10, 20):
+        assert fast.search(q, k) == scan.search(q, k)

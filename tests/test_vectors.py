@@ -37,6 +37,16 @@ def search_path(request, monkeypatch):
     assert sum(used) >= len(used) / 2, used
 
 
+def assert_int8_copy_in_step(index):
+    """The int8 copy's rows are those of the float32 matrix, whatever writes came before."""
+    n = len(index)
+    arrays = (index._mat, index._ids, index._codes, index._scale, index._resid)
+    assert len({len(a) for a in arrays}) == 1, [len(a) for a in arrays]  # one capacity for all
+    codes, scale, resid = quantized.encode(index._mat[:n])
+    assert np.array_equal(index._codes[:n], codes)
+    assert np.array_equal(index._scale[:n], scale) and np.array_equal(index._resid[:n], resid)
+
+
 def data(n, dim=64, seed=0):
     rng = np.random.default_rng(seed)
     m = rng.standard_normal((n, dim)).astype(np.float32)
@@ -133,6 +143,13 @@ def test_upsert_remove_and_regrow_stay_exact():
         assert_same(index.search(q, 7), brute(ids, mat, q, 7))
         some = int(ids[len(ids) // 2])
         assert np.array_equal(index.get(some), truth[some])
+        assert_int8_copy_in_step(index)
+    big = data(3000, dim, seed=77)  # grow past 1024 rows, then shrink (copies every array)
+    index.upsert(list(range(10_000, 13_000)), big)
+    assert_int8_copy_in_step(index)
+    index.remove(list(range(10_000, 12_900)))
+    assert_int8_copy_in_step(index)
+    index.remove(list(range(12_900, 13_000)))
     index.remove(list(truth))
     assert len(index) == 0 and index.search(q, 3) == [] and index.get(some) is None
     index.upsert([1], data(1, dim)[0])
@@ -263,3 +280,4 @@ def test_concurrent_upserts_removes_and_searches():
     mat = np.stack([truth[i] for i in ids])
     q = np.random.default_rng(77).standard_normal(dim).astype(np.float32)
     assert_same(index.search(q, 25), brute(ids, mat, q, 25))
+    assert_int8_copy_in_step(index)

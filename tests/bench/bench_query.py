@@ -472,6 +472,8 @@ def main() -> None:
             by_path[path] = json.loads(Path(out).read_text())
         res["same_results"].append({"n": 100_000, "data": "isotropic", "same": by_path["int8"] == by_path["scan"]})
         print(f"  same results on both paths: {res['same_results']}", file=sys.stderr)
+        if not all(r["same"] for r in res["same_results"]):
+            raise SystemExit(f"the int8 path and the float32 scan disagree: {res['same_results']}")
         res["store"] = run_child("store", n=100_000, **common)
         res["transform"] = run_child("transform", n=100_000, queries=50, dims=512, **common)
         if not a.quick:
