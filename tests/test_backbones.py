@@ -307,3 +307,25 @@ def test_models_report_and_unknown_names():
     assert "simd weights fetch" in rows["resnet50"]["weights_source"]
     with pytest.raises(ValueError):
         bb.load_backbone("vgg16")
+
+
+def test_a_stalled_download_gives_up_instead_of_hanging(empty_keras_home, monkeypatch):
+    """A server that accepts the connection and never answers (a real socket on this machine, not
+    the internet): the download fails after its timeout, cleanly, and the timeout is not left set."""
+    import socket
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        monkeypatch.setattr(resnet, "ORIGIN", f"http://127.0.0.1:{server.getsockname()[1]}/{resnet.NOTOP_FILE}")
+        monkeypatch.setattr(resnet, "DOWNLOAD_TIMEOUT_S", 1.0)
+        started = time.monotonic()
+        with pytest.raises(WeightsUnavailable, match="download of ResNet50 weights failed"):
+            bb.fetch_weights("resnet50")
+        assert time.monotonic() - started < 20
+        assert socket.getdefaulttimeout() is None
+        assert list((empty_keras_home / "models").iterdir()) == []
+    finally:
+        server.close()

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import warnings
@@ -31,6 +32,10 @@ INPUT_SIZE = 224
 NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + NOTOP_FILE
+# Keras' get_file (urlretrieve) has no timeout of its own: on a network that drops packets instead
+# of refusing, a start with `model = auto` would wait for minutes, or for ever on a stalled transfer.
+DOWNLOAD_TIMEOUT_S = 30.0  # per connect / read
+_timeout_lock = threading.Lock()
 HOW_TO_GET = (
     "run `simd weights fetch` on a machine with network access (it fills the Keras cache "
     f"$KERAS_HOME/models, default ~/.keras/models), or download {NOTOP_FILE} and set "
@@ -137,8 +142,14 @@ def download() -> Path:
         raise WeightsUnavailable(f"cannot write to the Keras cache {dest.parent}: {e}; {HOW_TO_GET}") from None
     try:
         log.info("downloading ResNet50 weights from %s", ORIGIN)
-        got = keras.utils.get_file(NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, hash_algorithm="md5",
-                                   cache_subdir=".", cache_dir=str(tmp))
+        with _timeout_lock:  # the only way to give urlretrieve a timeout; restored at once
+            previous = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+            try:
+                got = keras.utils.get_file(NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, hash_algorithm="md5",
+                                           cache_subdir=".", cache_dir=str(tmp))
+            finally:
+                socket.setdefaulttimeout(previous)
         os.replace(got, dest)
     except Exception as e:  # network, HTTP, md5 mismatch, disk: all mean "no weights"
         raise WeightsUnavailable(f"download of ResNet50 weights failed ({_short(e)}); {HOW_TO_GET}") from None
