@@ -139,7 +139,8 @@ class Daemon:
                       f"{st['failed']} failed")
 
     def _shutdown(self) -> None:
-        log.info("stopping")
+        if self.server is not None:  # a start that failed (e.g. port taken) just says why, not "stopping"
+            log.info("stopping")
         if self.watcher is not None:
             self.watcher.stop()
         if self.worker is not None and not self.worker.stop(timeout=8.0):
