@@ -113,6 +113,8 @@ def search_flow(page, base: str, count: int, upload: Path, name_prefix: str):
     assert values == sorted(values, reverse=True) and all(-100 <= v <= 100 for v in values)
     assert "cosine similarity" in scores.first.get_attribute("title").lower()
     expect(page.get_by_test_id("query-label")).to_contain_text(upload.name)
+    if results(page).locator("[data-match]").count():  # calibrated scores: their colours explained
+        expect(page.get_by_test_id("legend")).to_contain_text("same photo, edited or re-saved")
     first_name = results(page).first.get_by_test_id("card-name").inner_text()
     first_score = scores.first.inner_text()
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=results] img')]"

@@ -198,7 +198,7 @@
       scoreEl.title = meaning + "cosine similarity " + score.toFixed(3) + " between the two pictures' "
         + "feature vectors (100% = identical features; the same score means the same for every query).";
       scoreEl.setAttribute("aria-label", "similarity " + percent(score) + (item.match ? ", " + item.match : ""));
-      if (item.match) scoreEl.dataset.match = item.match;
+      if (item.match) { scoreEl.dataset.match = item.match; node.dataset.match = item.match; }
       scoreEl.classList.remove("hidden");
     }
     const more = node.querySelector(".more");
@@ -253,6 +253,7 @@
     } else if (thumbUrl) {
       setImage(q, thumbUrl, () => q.classList.add("hidden"));
     }
+    $("legend").classList.add("hidden");
     $("results-title").textContent = "Searching…";
     $("results").replaceChildren();
     showMessage($("message"), "Searching…", "info");
@@ -274,6 +275,7 @@
       hideMessage($("message"));
       for (const r of data.results) grid.appendChild(makeCard(r, r.score));
     }
+    renderLegend(data.results.some((r) => r.match));
     const took = typeof data.took_ms === "number" ? " · " + data.took_ms + " ms" : "";
     $("results-title").textContent = data.results.length
       ? data.results.length + " most similar" : "Most similar";
@@ -286,6 +288,22 @@
     }
     $("query-label").textContent = (q.path ? "to " + q.path : "to the uploaded " + (q.upload || "image"))
       + " · model " + data.model + took;
+  }
+
+  // What the score colours mean, under the results (only for models whose scores are calibrated).
+  function renderLegend(show) {
+    const legend = $("legend");
+    legend.classList.toggle("hidden", !show);
+    if (!show || legend.childElementCount) return;
+    for (const [match, text] of Object.entries(MATCH_TEXT)) {
+      const item = document.createElement("span");
+      const chip = document.createElement("span");
+      chip.className = "score";
+      chip.dataset.match = match;
+      chip.textContent = match;
+      item.append(chip, text);
+      legend.appendChild(item);
+    }
   }
 
   function failSearch(seq, err) {
