@@ -253,6 +253,11 @@ def test_back_reload_and_a_changing_library(browser, local_server):
     expect(page.get_by_test_id("query-label")).to_contain_text(first)
     expect(results(page)).to_have_count(10)
     expect(page.locator("#query-thumb")).to_be_visible()
+    page.get_by_test_id("file-input").set_input_files(str(env.path_of("garden/photo04.jpg")))
+    expect(page.get_by_test_id("query-label")).to_contain_text("uploaded photo04.jpg")
+    assert "similar=" not in page.url
+    page.go_back()  # from an upload, Back returns to the search before it
+    expect(page.get_by_test_id("query-label")).to_contain_text(first)
 
     page.get_by_test_id("filter").fill("holiday")
     expect(grid).to_have_count(6)

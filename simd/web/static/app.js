@@ -335,8 +335,8 @@
 
   async function searchUpload(file) {
     if (!file) return;
-    currentSimilar = ""; // an upload is not kept: the URL cannot bring it back
-    writeUrl(false);
+    currentSimilar = ""; // an upload is not kept: the URL cannot bring it back, but Back returns
+    writeUrl(true); // to the search before it
     const name = file.name || "pasted image";
     if (MAX_UPLOAD && file.size > MAX_UPLOAD) {
       const seq = beginSearch("to " + name, null);
