@@ -258,13 +258,13 @@ def _ask_daemon(config: cfg.Config, state: Path, data: bytes, name: str, k: int)
         except (OSError, ValueError, KeyError, TypeError):
             message = None
         if e.code == 503 or message is None:  # starting, or not simd's answer: embed here instead
-            log.info("the daemon at %s did not answer (%s); embedding here", info["url"], e.code)
+            log.debug("the daemon at %s did not answer (%s); embedding here", info["url"], e.code)
             return None
         raise SimdError(f"{name}: {message}") from None
     except (OSError, ValueError) as e:
-        log.info("the daemon at %s did not answer (%s); embedding here", info["url"], e)
+        log.debug("the daemon at %s did not answer (%s); embedding here", info["url"], e)
         return None
-    log.info("asked the daemon at %s", info["url"])
+    log.debug("asked the daemon at %s", info["url"])
     return result if isinstance(result, dict) and "results" in result else None
 
 
@@ -294,7 +294,8 @@ def cmd_status(config: cfg.Config, args) -> int:
             store.close()
         status = {"state": "idle" if root and Path(root).is_dir() else "offline", "indexed": counts["indexed"],
                   "pending": counts.get("stale", 0), "failed": counts["failed"], "model": model or "",
-                  "dim": dim, "library": root, "total": counts["total"], "daemon": False}
+                  "dim": dim, "library": root, "total": counts["total"], "revision": counts["revision"],
+                  "daemon": False}
     if args.json:
         print(json.dumps(status))
         return 0

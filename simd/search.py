@@ -175,7 +175,7 @@ class SearchService:
                 if row["state"] == "failed":
                     raise NotFound(f"{row['path']} could not be indexed: {row['error']}")
                 raise NotReady(f"{row['path']} is not indexed with {model} yet; try again shortly")
-            query = {"id": row["id"], "path": row["path"]}
+            query = {"id": row["id"], "path": row["path"], "version": version(row)}
             exclude = (row["id"],)
         hits = self.vectors.search(np.asarray(query_vec, dtype=np.float32), k, exclude_ids=exclude)
         results = []
@@ -187,7 +187,7 @@ class SearchService:
             if hit is None:  # deleted between the search and now
                 continue
             results.append({"id": hit_id, "path": hit["path"], "score": round(float(score), 4),
-                            "match": match_label(model, float(score))})
+                            "match": match_label(model, float(score)), "version": version(hit)})
         return {"model": model, "query": query, "k": k, "results": results,
                 "took_ms": round((time.perf_counter() - started) * 1000, 1)}
 
@@ -241,4 +241,10 @@ class SearchService:
 
 def _public(row: dict) -> dict:
     return {"id": row["id"], "path": row["path"], "size": row["size"], "mtime": row["mtime_ns"] / 1e9,
-            "state": row["state"], "error": row.get("error"), "model": row.get("model")}
+            "state": row["state"], "error": row.get("error"), "model": row.get("model"), "version": version(row)}
+
+
+def version(row: dict) -> str:
+    """Changes when the file does (its size, mtime or stored row): a browser caches a thumbnail or
+    original by an address holding it, so an overwritten file is never shown from a stale cache."""
+    return f"{row['size']:x}-{row['mtime_ns']:x}-{int((row.get('updated_at') or 0) * 1000):x}"

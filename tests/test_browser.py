@@ -234,6 +234,12 @@ def test_back_reload_and_a_changing_library(browser, local_server):
     wait_idle(page, 16)
     grid = page.locator("[data-testid=browse-grid] [data-testid=card]")
     expect(grid).to_have_count(16)
+    # an upload before any search: Back returns to the page without results, and stays on it
+    page.get_by_test_id("file-input").set_input_files(str(env.path_of("garden/photo04.jpg")))
+    expect(results(page)).to_have_count(10)
+    page.go_back()
+    expect(page.get_by_test_id("results-section")).to_be_hidden()
+    assert page.url.startswith(server.url)
 
     first = grid.nth(0).get_by_test_id("card-name").get_attribute("title")
     second = grid.nth(1).get_by_test_id("card-name").get_attribute("title")
@@ -241,7 +247,7 @@ def test_back_reload_and_a_changing_library(browser, local_server):
     expect(page.get_by_test_id("query-label")).to_contain_text(first)
     grid.nth(1).get_by_test_id("card-open").click()
     expect(page.get_by_test_id("query-label")).to_contain_text(second)
-    assert "similar=" + second.replace("/", "%2F") in page.url
+    assert "similar=" + second in page.url  # readable: "/" is left as it is
     page.go_back()
     expect(page.get_by_test_id("query-label")).to_contain_text(first)
     expect(results(page)).to_have_count(10)

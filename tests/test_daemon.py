@@ -197,7 +197,7 @@ def test_query_of_an_outside_image_is_answered_by_the_running_daemon(tmp_path, l
         shutil.copy(photo_dir / "chelsea.jpg", outside)
         env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0"}
         r = subprocess.run([sys.executable, "-m", "simd", "query", str(outside), "--state-dir", str(state),
-                            "-k", "2", "--json", "--log-level", "INFO"], capture_output=True, text=True, env=env,
+                            "-k", "2", "--json", "--log-level", "DEBUG"], capture_output=True, text=True, env=env,
                            timeout=120)
         assert r.returncode == 0, r.stderr
         assert f"asked the daemon at {served.url}" in r.stderr

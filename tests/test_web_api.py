@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 
 import pytest
@@ -96,8 +97,8 @@ def test_similar_by_id_best_first_query_excluded(client, env):
     scores = [r["score"] for r in res]
     assert scores == sorted(scores, reverse=True)
     for r in res:
-        assert r["thumb"] == f"/api/images/{r['id']}/thumb"
-        assert r["url"] == f"/api/images/{r['id']}/file"
+        assert r["thumb"] == f"/api/images/{r['id']}/thumb?v={r['version']}"
+        assert r["url"] == f"/api/images/{r['id']}/file?v={r['version']}"
         assert env.ids[r["path"]] == r["id"]
         assert -1.0 <= r["score"] <= 1.0
 
@@ -171,7 +172,7 @@ def test_upload_multipart_finds_the_same_picture(client, env):
     assert len(d["results"]) == 4
     assert d["results"][0]["path"] == "holiday/photo06.jpg"
     assert d["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert d["results"][0]["thumb"] == f"/api/images/{env.ids['holiday/photo06.jpg']}/thumb"
+    assert d["results"][0]["thumb"].startswith(f"/api/images/{env.ids['holiday/photo06.jpg']}/thumb?v=")
 
 
 def test_upload_raw_body(client, env):
@@ -280,7 +281,8 @@ def test_images_paging_and_filter(client, env):
     assert d["total"] == 14 and d["offset"] == 0 and d["limit"] == 5 and len(d["images"]) == 5
     assert [i["path"] for i in d["images"]] == sorted(env.ids)[:5]
     img = d["images"][0]
-    assert img["thumb"] == f"/api/images/{img['id']}/thumb" and img["url"] == f"/api/images/{img['id']}/file"
+    assert img["thumb"] == f"/api/images/{img['id']}/thumb?v={img['version']}"
+    assert img["url"] == f"/api/images/{img['id']}/file?v={img['version']}"
     d2 = client.get("/api/images?limit=5&offset=10").get_json()
     assert [i["path"] for i in d2["images"]] == sorted(env.ids)[10:]
     d3 = client.get("/api/images?q=HOLIDAY&limit=500").get_json()
@@ -298,7 +300,7 @@ def test_image_info(client, env):
     iid = env.ids["garden/photo01.jpg"]
     d = client.get(f"/api/images/{iid}").get_json()
     assert d["id"] == iid and d["path"] == "garden/photo01.jpg" and d["state"] == "ok"
-    assert d["thumb"] == f"/api/images/{iid}/thumb"
+    assert d["thumb"] == f"/api/images/{iid}/thumb?v={d['version']}"
     assert_error(client.get("/api/images/999999"), 404, "not_found")
     assert_error(client.get("/api/images/abc"), 404, "not_found")
 
@@ -542,3 +544,22 @@ def test_status_reports_progress(client, env):
                        progress={"phase": "indexing", "done": 2, "total": 5, "started_at": time.time()})
     st = client.get("/api/status").get_json()
     assert st["state"] == "indexing" and st["pending"] == 3 and st["progress"]["total"] == 5
+
+
+def test_thumb_and_file_addresses_change_when_the_file_does(client, env):
+    """A browser caches thumbnails by address: an image overwritten in place (same path, same id)
+    must get new addresses, or the page would show the old picture from its cache."""
+    iid = env.ids["garden/photo01.jpg"]
+    before = client.get(f"/api/images/{iid}").get_json()
+    listed = {i["id"]: i for i in client.get("/api/images?limit=100").get_json()["images"]}
+    assert listed[iid]["thumb"] == before["thumb"] and "v=" in before["thumb"]
+    similar = client.get(f"/api/similar?id={env.ids['garden/photo04.jpg']}&k=20").get_json()
+    assert {r["id"]: r["thumb"] for r in similar["results"]}[iid] == before["thumb"]
+    time.sleep(0.01)
+    shutil.copy(env.path_of("holiday/photo00.jpg"), env.path_of("garden/photo01.jpg"))
+    assert env.add("garden/photo01.jpg") == iid
+    after = client.get(f"/api/images/{iid}").get_json()
+    assert after["thumb"] != before["thumb"] and after["url"] != before["url"]
+    r = client.get(after["thumb"])
+    assert r.status_code == 200  # the token is only for caches
+    r.close()

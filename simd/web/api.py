@@ -33,8 +33,10 @@ def _image_id(value: str) -> int:
 
 
 def _links(item: dict) -> dict:
-    item["thumb"] = url_for("api.image_thumb", image_id=item["id"])
-    item["url"] = url_for("api.image_file", image_id=item["id"])
+    # `v` is ignored by the server; it makes the address change when the file does (see version()).
+    v = {"v": item["version"]} if item.get("version") else {}
+    item["thumb"] = url_for("api.image_thumb", image_id=item["id"], **v)
+    item["url"] = url_for("api.image_file", image_id=item["id"], **v)
     return item
 
 

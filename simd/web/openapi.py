@@ -60,6 +60,7 @@ SCHEMAS = {
         "match": {"type": ["string", "null"], "enum": ["near-duplicate", "similar", "weak", None],
                   "description": "The band the score falls in for this model (docs/QUALITY.md); "
                                  "null for models not calibrated."},
+        "version": {"type": "string", "description": "Changes when the file changes (part of thumb and url)."},
         "thumb": {"type": "string", "format": "uri-reference"}, "url": {"type": "string", "format": "uri-reference"}}},
     "Similar": {"type": "object", "required": ["model", "query", "results"], "properties": {
         "model": {"type": "string"}, "query": {"type": "object"}, "k": {"type": "integer"},
@@ -68,7 +69,7 @@ SCHEMAS = {
     "Image": {"type": "object", "required": ["id", "path", "thumb", "url"], "properties": {
         "id": {"type": "integer"}, "path": {"type": "string"}, "size": {"type": "integer"},
         "mtime": {"type": "number"}, "state": {"enum": ["ok", "failed"]},
-        "error": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]},
+        "error": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]}, "version": {"type": "string"},
         "thumb": {"type": "string"}, "url": {"type": "string"}}},
     "ImageList": {"type": "object", "required": ["images", "total", "offset", "limit"], "properties": {
         "images": {"type": "array", "items": _ref("Image")}, "total": {"type": "integer"},

@@ -31,14 +31,18 @@
       offset: Number.isFinite(offset) && offset > 0 ? offset - (offset % PAGE) : 0 };
   }
 
-  function writeUrl(push) {
+  // `upload`: the entry of an upload search, pushed even when the address does not change, so that
+  // Back from it returns to what was on screen before (the page without results, or a search).
+  function writeUrl(push, upload = false) {
     const p = new URLSearchParams();
     if (currentSimilar) p.set("similar", currentSimilar);
     if (browse.q) p.set("q", browse.q);
     if (browse.offset) p.set("offset", String(browse.offset));
-    const url = location.pathname + (p.toString() ? "?" + p.toString() : "");
-    if (url === location.pathname + location.search) return;
-    if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
+    // "/" reads better than %2F in an address a person may bookmark; the server decodes both
+    const url = location.pathname + (p.toString() ? "?" + p.toString().replace(/%2F/g, "/") : "");
+    const same = url === location.pathname + location.search;
+    if (push && (upload || !same)) history.pushState(upload ? { upload: true } : null, "", url);
+    else if (!same) history.replaceState(history.state, "", url);
   }
 
   // Back/Forward (and the first load): make the page say what the URL says.
@@ -52,7 +56,7 @@
     }
     if (u.similar && u.similar !== currentSimilar) {
       searchByPath(u.similar, null, false);
-    } else if (!u.similar && currentSimilar) {
+    } else if (!u.similar && !(history.state && history.state.upload)) {
       currentSimilar = "";
       searchSeq++; // a search still in flight must not show up any more
       $("results-section").classList.add("hidden");
@@ -185,7 +189,13 @@
     open.title = item.path;
     open.setAttribute("aria-label", "Find images similar to " + name);
     const nameEl = node.querySelector(".name");
-    nameEl.textContent = name;
+    // a line may break after _ - . (camera and export names have no spaces) rather than mid-word:
+    // <wbr> between the pieces, which the text itself (copy, innerText) does not contain
+    nameEl.replaceChildren();
+    for (const piece of name.split(/(?<=[_\-.])/)) {
+      if (nameEl.firstChild) nameEl.appendChild(document.createElement("wbr"));
+      nameEl.appendChild(document.createTextNode(piece));
+    }
     nameEl.title = item.path;
     const folder = item.path.includes("/") ? item.path.slice(0, item.path.lastIndexOf("/")) : "";
     const folderEl = node.querySelector(".folder");
@@ -336,7 +346,7 @@
   async function searchUpload(file) {
     if (!file) return;
     currentSimilar = ""; // an upload is not kept: the URL cannot bring it back, but Back returns
-    writeUrl(true); // to the search before it
+    writeUrl(true, true); // to what was there before
     const name = file.name || "pasted image";
     if (MAX_UPLOAD && file.size > MAX_UPLOAD) {
       const seq = beginSearch("to " + name, null);
