@@ -91,7 +91,7 @@ class Store:
         except sqlite3.Error as e:
             raise SimdError(f"cannot open the index {self.path}: {e}") from None
         self.db = Database(conn, execute_plugins=False)
-        self.db.register_function(casefold, deterministic=True, name="simdcasefold")
+        self.db.register_function(casefold, deterministic=True, name="simd_casefold")
         try:
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -260,7 +260,7 @@ class Store:
             if q.isascii() and self._all_ascii():  # LIKE folds ASCII case only, C-fast, no Python per row
                 where, params = "WHERE path LIKE ? ESCAPE '\\'", [f"%{_like_escape(q)}%"]
             else:
-                where, params = "WHERE instr(simdcasefold(path), ?) > 0", [casefold(q)]
+                where, params = "WHERE instr(simd_casefold(path), ?) > 0", [casefold(q)]
         with self._lock:
             total = self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
             rows = self._dicts(f"SELECT {_INFO_COLUMNS} FROM images {where} ORDER BY path LIMIT ? OFFSET ?",
