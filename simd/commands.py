@@ -242,13 +242,9 @@ def _read_query_image(image: Path) -> bytes:
 def _ask_daemon(config: cfg.Config, state: Path, data: bytes, name: str, k: int) -> dict | None:
     """The answer of the daemon serving this index to an upload of the image (its model is loaded
     already: ~0.1 s instead of seconds to load one here); None when none answers, or it is not ready."""
-    info = holder(state) or {}
-    if info.get("role") != "serve" or not info.get("url"):
+    req = _daemon_request(config, state, f"/api/similar?{urlencode({'k': k, 'name': name})}", data)
+    if req is None:
         return None
-    url = f"{info['url']}/api/similar?{urlencode({'k': k, 'name': name})}"
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/octet-stream"})
-    if config.token:
-        req.add_header("Authorization", f"Bearer {config.token}")
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             result = json.load(resp)
@@ -258,13 +254,13 @@ def _ask_daemon(config: cfg.Config, state: Path, data: bytes, name: str, k: int)
         except (OSError, ValueError, KeyError, TypeError):
             message = None
         if e.code == 503 or message is None:  # starting, or not simd's answer: embed here instead
-            log.debug("the daemon at %s did not answer (%s); embedding here", info["url"], e.code)
+            log.debug("the daemon at %s did not answer (%s); embedding here", req.full_url, e.code)
             return None
         raise SimdError(f"{name}: {message}") from None
     except (OSError, ValueError) as e:
-        log.debug("the daemon at %s did not answer (%s); embedding here", info["url"], e)
+        log.debug("the daemon at %s did not answer (%s); embedding here", req.full_url, e)
         return None
-    log.debug("asked the daemon at %s", info["url"])
+    log.debug("asked the daemon at %s", req.full_url)
     return result if isinstance(result, dict) and "results" in result else None
 
 
@@ -306,14 +302,25 @@ def cmd_status(config: cfg.Config, args) -> int:
     return 0
 
 
-def _live_status(config: cfg.Config, state: Path) -> dict | None:
-    """Ask the daemon serving this index, if one runs, for its status (it notes its URL in the lock)."""
+def _daemon_request(config: cfg.Config, state: Path, path: str, data: bytes | None = None):
+    """A request to the daemon serving this index (it notes its URL in the state dir's lock), with
+    the token when one is configured; None when no daemon serves it. With `data`: a raw-body POST."""
     info = holder(state) or {}
     if info.get("role") != "serve" or not info.get("url"):
         return None
-    req = urllib.request.Request(f"{info['url']}/api/status")
+    req = urllib.request.Request(info["url"] + path, data=data, method="POST" if data is not None else "GET")
+    if data is not None:
+        req.add_header("Content-Type", "application/octet-stream")
     if config.token:
         req.add_header("Authorization", f"Bearer {config.token}")
+    return req
+
+
+def _live_status(config: cfg.Config, state: Path) -> dict | None:
+    """Ask the daemon serving this index, if one runs, for its status."""
+    req = _daemon_request(config, state, "/api/status")
+    if req is None:
+        return None
     try:
         with urllib.request.urlopen(req, timeout=1.0) as resp:
             status = json.load(resp)
