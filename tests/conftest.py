@@ -59,3 +59,20 @@ def state_dir(tmp_path) -> Path:
     d = tmp_path / "state"
     d.mkdir()
     return d
+
+
+# What users upload and keep: made once per test session (a 12 MP photo takes 1-3 s to make).
+@pytest.fixture(scope="session")
+def phone_jpeg(tmp_path_factory) -> Path:
+    """A 12 MP (4000x3000) phone JPEG of 3.5-5 MB with phone EXIF; treat it as read-only."""
+    from tests.images import make_phone_photo
+
+    return make_phone_photo(tmp_path_factory.mktemp("phone") / "PXL_20260601_120000.jpg", seed=1)
+
+
+@pytest.fixture(scope="session")
+def phone_heic(tmp_path_factory) -> Path:
+    """A 12 MP iPhone-like HEIC of ~1.5 MB, stored sideways (EXIF Orientation 6); read-only."""
+    from tests.images import make_phone_photo
+
+    return make_phone_photo(tmp_path_factory.mktemp("phone") / "IMG_0001.HEIC", seed=2, orientation=6)

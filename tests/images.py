@@ -117,3 +117,61 @@ def make_header_only_png(path: str | Path, width: int, height: int) -> Path:
     path = Path(path)
     path.write_bytes(data)
     return path
+
+
+# -- what people have: 12 MP phone photos of 3-6 MB ----------------------------------------------
+
+PHONE_SIZE = (4000, 3000)  # 12 MP, a phone camera's default
+_PHONE_SOURCES = ("chelsea", "coffee", "astronaut", "rocket")  # real photos that scikit-image ships
+
+
+def phone_photo(seed: int = 0, size: tuple[int, int] = PHONE_SIZE, grain: float = 8.0) -> Image.Image:
+    """A 12 MP picture made from a real photo (scikit-image's samples, chosen by `seed`), cropped to
+    the camera's aspect, upscaled and given sensor grain: encoded as JPEG q=92 it weighs 3.5-5 MB,
+    like a phone's. Deterministic for a seed; different seeds give different scenes or grain."""
+    from skimage import data  # the test extra; only these helpers need it
+
+    source = Image.fromarray(getattr(data, _PHONE_SOURCES[seed % len(_PHONE_SOURCES)])()).convert("RGB")
+    width, height = source.size
+    aspect = size[0] / size[1]
+    if width / height > aspect:  # crop the sides
+        cw = round(height * aspect)
+        source = source.crop(((width - cw) // 2, 0, (width - cw) // 2 + cw, height))
+    else:
+        ch = round(width / aspect)
+        source = source.crop((0, (height - ch) // 2, width, (height - ch) // 2 + ch))
+    pixels = np.asarray(source.resize(size, Image.Resampling.BICUBIC), np.float32)
+    rng = np.random.default_rng(seed)
+    pixels += grain * rng.standard_normal(pixels.shape, dtype=np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def phone_exif(orientation: int = 1) -> Image.Exif:
+    """EXIF as a phone writes it: make, model, date, and the Orientation tag."""
+    exif = Image.Exif()
+    exif[0x010F] = "Google"  # Make
+    exif[0x0110] = "Pixel 8"  # Model
+    exif[0x0132] = "2026:06:01 12:00:00"  # DateTime
+    exif[0x0112] = orientation
+    return exif
+
+
+def make_phone_photo(path: str | Path, seed: int = 0, fmt: str | None = None, orientation: int = 1,
+                     img: Image.Image | None = None) -> Path:
+    """Write a phone photo (`phone_photo(seed)`, or `img`) to `path` with the EXIF Orientation
+    `orientation`: as JPEG (q=92: 3.5-5 MB) or, for `.heic`, as HEIF with pillow-heif's encoder
+    (1.5-2 MB like an iPhone's; the fastest x265 preset keeps it to ~3 s a photo)."""
+    path = Path(path)
+    fmt = (fmt or ("HEIF" if path.suffix.lower() in (".heic", ".heif") else _format_for(path, None))).upper()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        img = img if img is not None else phone_photo(seed, grain=3.0)
+        img.save(path, "HEIF", quality=60, enc_params={"preset": "ultrafast"},
+                 exif=phone_exif(orientation).tobytes())
+        return path
+    img = img if img is not None else phone_photo(seed)
+    img.save(path, fmt, quality=92, exif=phone_exif(orientation).tobytes())
+    return path
