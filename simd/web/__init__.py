@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # multipart framing around an upload of exactly `max_upload_mb` (boundaries, part headers)
 MULTIPART_SLACK = 64 * 1024
+# a text field of a form, and the multipart decoder's buffer (see create_app)
+FORM_MEMORY_LIMIT = 1024 * 1024
+MAX_FORM_PARTS = 16
 
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
                            "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -106,8 +109,11 @@ def create_app(config: Config | dict | None = None, service: Any = None) -> Flas
     web = WebState(config, service)
     app.config.update(
         MAX_CONTENT_LENGTH=web.max_upload_bytes + MULTIPART_SLACK,
-        MAX_FORM_MEMORY_SIZE=64 * 1024,  # text fields of a form; the upload itself is a file part
-        MAX_FORM_PARTS=16,
+        # Werkzeug applies this limit twice: to each text field, and to the multipart decoder's
+        # working buffer, which holds one read of the body (64 KiB) plus a possible partial
+        # boundary. At 64 KiB every upload over ~one read failed with 413. 1 MiB bounds both.
+        MAX_FORM_MEMORY_SIZE=FORM_MEMORY_LIMIT,
+        MAX_FORM_PARTS=MAX_FORM_PARTS,
         SEND_FILE_MAX_AGE_DEFAULT=None,
     )
     app.json.sort_keys = False  # keep the documented field order (model, query, results)
@@ -199,12 +205,21 @@ def _http_error(e: HTTPException):
     code = HTTP_CODES.get(status, "http_error")
     message = e.description or e.name
     if status == 413:
-        message = f"the upload is larger than the {state().config.max_upload_mb:g} MB limit"
+        message = _too_large_message()
     elif status == 404:
         message = f"no such resource: {request.path}"
     elif status == 405:
         message = f"{request.method} is not allowed on {request.path}"
     return error_response(status, code, message, e.get_headers())
+
+
+def _too_large_message() -> str:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length <= limit:
+        # the body fits: the form parser refused its shape, not its size
+        return (f"the form has more than {MAX_FORM_PARTS} parts or a text field over "
+                f"{FORM_MEMORY_LIMIT // 1024} KiB; send the image as the one field 'image'")
+    return f"the upload is larger than the {state().config.max_upload_mb:g} MB limit"
 
 
 def _unexpected_error(e: Exception):
