@@ -11,7 +11,6 @@ the RSS it had before the request. `--write` records the table in docs/BENCHMARK
 import argparse
 import io
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -63,8 +62,9 @@ def main() -> None:
             data = photo.read_bytes()
             big = data + np.random.default_rng(0).integers(0, 256, 25 * MB - 1 - len(data), np.uint8).tobytes()
             cases = []
-            for label, payload, name in (("12 MP JPEG, 3.8 MB", data, "p.jpg"), ("HEIC 12 MP", heic.read_bytes(), "p.heic"),
-                                         ("JPEG padded to 25 MB - 1", big, "big.jpg")):
+            uploads = (("12 MP JPEG, 3.8 MB", data, "p.jpg"), ("HEIC 12 MP", heic.read_bytes(), "p.heic"),
+                       ("JPEG padded to 25 MB - 1", big, "big.jpg"))
+            for label, payload, name in uploads:
                 for how in ("multipart", "raw"):
                     if how == "multipart":
                         boundary, body = encode_multipart({"image": FileStorage(io.BytesIO(payload), name)})
@@ -79,7 +79,8 @@ def main() -> None:
                     status = post(served.url + "/api/similar", body, ctype)
                     seconds = time.perf_counter() - t0
                     peak = rss_kb(pid, "VmHWM")
-                    cases.append((label, how, len(payload) / MB, status, before / 1024, (peak - before) / 1024, seconds))
+                    rise = (peak - before) / 1024
+                    cases.append((label, how, len(payload) / MB, status, before / 1024, rise, seconds))
         finally:
             served.stop()
     info = machine_info()
