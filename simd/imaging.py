@@ -49,6 +49,22 @@ _OTHER_FORMATS = [
     (b"\x1f\x8b", "a gzip file"), (b"8bps", "a Photoshop document"), (b"\x00\x00\x01\x00", "an ICO icon"),
     (b"\x00\x00\x00\x0cjp  ", "a JPEG 2000 image"), (b"\xffo\xffq", "a JPEG 2000 codestream"),
 ]
+# Camera RAW is refused with a message that says so. Most RAW formats have their own signature;
+# NEF, ARW, DNG, PEF, ... are TIFF containers whose first image is a small preview (or not one
+# Pillow reads), so for TIFF content the camera's file extension is what tells them apart.
+_RAW_SIGNATURES = [
+    (lambda h: h[:4] in (b"II*\x00", b"MM\x00*") and h[8:10] == b"CR", "CR2"),
+    (lambda h: h[4:12] == b"ftypcrx ", "CR3"),
+    (lambda h: h.startswith(b"FUJIFILMCCD-RAW"), "RAF"),
+    (lambda h: h[:4] in (b"IIRO", b"IIRS", b"MMOR"), "ORF"),
+    (lambda h: h[:4] == b"IIU\x00", "RW2"),
+    (lambda h: h[:4] == b"FOVb", "X3F"),
+]
+_RAW_TIFF_SUFFIXES = {".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".cr2", ".pef", ".srw", ".erf", ".kdc",
+                      ".dcr", ".mos", ".3fr", ".iiq", ".rwl", ".raw", ".mef", ".mrw", ".orf", ".rw2", ".raf"}
+RAW_UNSUPPORTED = ("camera RAW ({kind}): not supported; export it as JPEG or HEIC (or keep the camera's JPEG "
+                   "beside it) to have it indexed")
+
 # EXIF Orientation -> the transpose that makes the pixels upright (as ImageOps.exif_transpose).
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -79,6 +95,17 @@ def sniff_format(head: bytes) -> str | None:
             return "avif"
         if brands & _HEIF_BRANDS or head[8:12] in _CONTAINER_BRANDS:
             return "heif"
+    return None
+
+
+def camera_raw_kind(head: bytes, name: str | None = None) -> str | None:
+    """The camera RAW format of content starting with `head` (e.g. "CR2", "NEF"), else None."""
+    for test, kind in _RAW_SIGNATURES:
+        if test(head):
+            return kind
+    suffix = os.path.splitext(name or "")[1].lower()
+    if suffix in _RAW_TIFF_SUFFIXES and head[:4] in (b"II*\x00", b"MM\x00*"):
+        return suffix[1:].upper()
     return None
 
 
@@ -227,11 +254,14 @@ def open_image(source: str | os.PathLike | bytes | bytearray | memoryview | Bina
             raise ImageError(name, f"read error ({e.strerror or e})") from None
         if not head:
             raise ImageError(name, "empty file")
+        raw = camera_raw_kind(head, name)
+        if raw is not None:
+            raise ImageError(name, RAW_UNSUPPORTED.format(kind=raw))
         fmt = sniff_format(head)
         if fmt is None:
             raise ImageError(name, _describe_other(head))
         if not _plugin_available(fmt):
-            extra = "the pillow-heif plugin (pip install 'simd[heif]')" if fmt == "heif" else "AVIF support"
+            extra = "the pillow-heif plugin (pip install pillow-heif)" if fmt == "heif" else "AVIF support"
             raise ImageError(name, f"{fmt.upper()} image, but this installation lacks {extra}")
         if fmt == "webp" and (declared := _webp_declared_size(head)):
             _check_pixels(name, declared, max_pixels)

@@ -486,3 +486,58 @@ def test_write_thumbnail_leaves_the_decoded_image_alone(tmp_path):
     copy = img.copy()
     assert write_thumbnail(img, tmp_path / "t.jpg", max_side=64) == (64, 48)
     assert img.size == (640, 480) and mean_abs_diff(img, copy) == 0
+
+
+# --- what phones save: HEIC (a core dependency), AVIF; camera RAW is refused by name ------------
+
+def test_phone_heic_decodes_upright_and_thumbnails(phone_heic, tmp_path):
+    from images import phone_photo
+
+    # stored landscape with EXIF Orientation 6 (pillow-heif writes it as the HEIF rotation): shown portrait
+    img = open_image(phone_heic)
+    assert (img.mode, img.size) == ("RGB", (3000, 4000))
+    upright = phone_photo(2, grain=3.0).transpose(Image.Transpose.ROTATE_270)
+    assert mean_abs_diff(img.resize((300, 400)), upright.resize((300, 400))) < SAME
+    assert thumbnail(phone_heic, tmp_path / "t.jpg") == (192, 256)
+    with Image.open(tmp_path / "t.jpg") as t:
+        assert mean_abs_diff(t.convert("RGB"), upright.resize((192, 256))) < 2 * SAME
+
+
+def test_heic_upload_bytes_decode(phone_heic):
+    img = open_image(phone_heic.read_bytes(), name="IMG_0001.HEIC", draft_size=(448, 448))
+    assert img.size == (3000, 4000)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
+def test_avif_with_exif_orientation_is_upright(tmp_path):
+    landscape = photo((400, 300), seed=8)
+    path = save(tmp_path / "phone.avif", landscape, "AVIF", quality=90, exif=exif_bytes(6))
+    assert sniff_format(path.read_bytes()[:64]) == "avif"
+    img = open_image(path)
+    assert img.size == (300, 400)
+    assert mean_abs_diff(img, landscape.transpose(Image.Transpose.ROTATE_270)) < 2 * SAME
+
+
+RAW_HEADS = [
+    ("IMG_0001.CR2", b"II*\x00\x10\x00\x00\x00CR\x02\x00\x00\x00\x00\x00", "CR2"),
+    ("IMG_0002.CR3", b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom", "CR3"),
+    ("DSCF0003.RAF", b"FUJIFILMCCD-RAW 0201FF383501", "RAF"),
+    ("P0004.ORF", b"IIRO\x08\x00\x00\x00", "ORF"),
+    ("P1000005.RW2", b"IIU\x00\x18\x00\x00\x00", "RW2"),
+    ("DSC_0006.NEF", b"MM\x00*\x00\x00\x00\x08", "NEF"),  # TIFF inside: the camera's extension tells
+    ("DSC07.ARW", b"II*\x00\x08\x00\x00\x00", "ARW"),
+    ("PXL_08.dng", b"II*\x00\x08\x00\x00\x00", "DNG"),
+]
+
+
+@pytest.mark.parametrize(("name", "head", "kind"), RAW_HEADS)
+def test_camera_raw_is_refused_as_such(tmp_path, name, head, kind):
+    path = _file(tmp_path, name, head + bytes(range(256)) * 40)
+    with pytest.raises(ImageError) as info:
+        open_image(path)
+    assert info.value.reason.startswith(f"camera RAW ({kind}): not supported;"), info.value.reason
+
+
+def test_a_real_tiff_is_not_mistaken_for_raw(tmp_path):
+    path = save(tmp_path / "scan.tif", photo((40, 30), seed=9), "TIFF")
+    assert open_image(path).size == (40, 30)
