@@ -280,26 +280,39 @@ def _indexed_rel(service: SearchService, image: Path) -> str | None:
 
 def cmd_status(config: cfg.Config, args) -> int:
     state = find_state(config, args)
-    status = _live_status(config, state)
-    if status is None:
-        store = Store(db_path(state), readonly=True)
-        try:
-            model, root = store.get_meta("model"), store.get_meta("library_root") or ""
-            counts, dim = store.counts(model), store.model_dim(model)
-        finally:
-            store.close()
-        status = {"state": "idle" if root and Path(root).is_dir() else "offline", "indexed": counts["indexed"],
-                  "pending": counts.get("stale", 0), "failed": counts["failed"], "model": model or "",
-                  "dim": dim, "library": root, "total": counts["total"], "revision": counts["revision"],
-                  "daemon": False}
+    live = _live_status(config, state)
+    status = live if live is not None and not live.get("needs_token") else _stored_status(state, live)
     if args.json:
         print(json.dumps(status))
         return 0
-    print(f"library  {status['library']}\nstate    {status['state']}"
-          f"{'' if status.get('daemon', True) else ' (no simd daemon is running for it)'}\n"
+    if status.get("needs_token"):
+        note = (f" (a simd daemon runs at {status['url']}, but it needs its token for live figures: set "
+                "SIMD_TOKEN; these are the stored ones)")
+    elif not status["daemon"]:
+        note = " (no simd daemon is running for it)"
+    else:
+        note = ""
+    print(f"library  {status['library']}\nstate    {status['state']}{note}\n"
           f"indexed  {status['indexed']}\npending  {status['pending']}\nfailed   {status['failed']}\n"
           f"model    {status['model'] or '-'}\nindex    {db_path(state)}")
     return 0
+
+
+def _stored_status(state: Path, live: dict | None) -> dict:
+    """The status as the store has it (no daemon, or one we may not ask); `live`: a daemon that
+    answered 401 ({"daemon": True, "needs_token": True, "url": ...})."""
+    store = Store(db_path(state), readonly=True)
+    try:
+        model, root = store.get_meta("model"), store.get_meta("library_root") or ""
+        counts, dim = store.counts(model), store.model_dim(model)
+    finally:
+        store.close()
+    # (with a daemon we may not ask, its phase is unknown: the human output says so, and --json keeps
+    # the documented states)
+    return {"state": "idle" if root and Path(root).is_dir() else "offline", "indexed": counts["indexed"],
+            "pending": counts.get("stale", 0),
+            "failed": counts["failed"], "model": model or "", "dim": dim, "library": root,
+            "total": counts["total"], "revision": counts["revision"], "daemon": False, **(live or {})}
 
 
 def _daemon_request(config: cfg.Config, state: Path, path: str, data: bytes | None = None):
@@ -324,6 +337,11 @@ def _live_status(config: cfg.Config, state: Path) -> dict | None:
     try:
         with urllib.request.urlopen(req, timeout=1.0) as resp:
             status = json.load(resp)
+    except urllib.error.HTTPError as e:
+        with e:
+            if e.code == 401 and _is_simd_error(e):  # it runs, and wants the token we do not have
+                return {"daemon": True, "needs_token": True, "url": req.full_url.removesuffix("/api/status")}
+        return None
     except (OSError, ValueError):
         return None
     root = _meta(state, "library_root")
@@ -331,6 +349,13 @@ def _live_status(config: cfg.Config, state: Path) -> dict | None:
         return None
     status["daemon"] = True
     return status
+
+
+def _is_simd_error(e: urllib.error.HTTPError) -> bool:
+    try:
+        return isinstance(json.load(e)["error"]["code"], str)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def cmd_errors(config: cfg.Config, args) -> int:
