@@ -267,7 +267,37 @@ def test_failed_download_is_clean(empty_keras_home, monkeypatch):
     with pytest.raises(WeightsUnavailable, match="download of ResNet50 weights failed.*simd weights fetch"):
         bb.fetch_weights("resnet50")
     assert calls == [resnet.ORIGIN]
-    assert list((empty_keras_home / "models").iterdir()) == []  # no partial file, no temp dir left
+    # no partial file, no temp dir left: only the note of the failure, so `auto` waits a day to retry
+    assert [p.name for p in (empty_keras_home / "models").iterdir()] == [".simd-resnet50-download-failed"]
+
+
+def test_auto_retries_a_failed_download_only_after_a_day(empty_keras_home, monkeypatch, caplog):
+    import keras
+
+    monkeypatch.setattr(lite0, "build", lambda **kw: "lite0-model")
+    calls = []
+
+    def no_network(fname, origin, **kw):
+        calls.append(origin)
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    with caplog.at_level(logging.INFO, logger="simd.backbones"):
+        for _ in range(3):  # three starts of the daemon
+            assert bb.load_backbone("auto", allow_download=True).id == "efficientnet-lite0"
+    assert len(calls) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3 and all(len(w) < 250 and "\n" not in w for w in warnings), warnings
+    assert 'model = "efficientnet-lite0"' in warnings[0] and "download failed" in warnings[0]
+    assert "next try after a day" in warnings[1]
+    mark = empty_keras_home / "models" / ".simd-resnet50-download-failed"
+    day_ago = mark.stat().st_mtime - resnet.RETRY_AFTER_S - 1
+    os.utime(mark, (day_ago, day_ago))
+    bb.load_backbone("auto", allow_download=True)
+    assert len(calls) == 2
+    with pytest.raises(WeightsUnavailable):  # an explicit fetch always tries
+        bb.fetch_weights("resnet50")
+    assert len(calls) == 3
 
 
 def test_auto_falls_back_to_lite0_with_a_warning(monkeypatch, caplog):
@@ -326,6 +356,6 @@ def test_a_stalled_download_gives_up_instead_of_hanging(empty_keras_home, monkey
             bb.fetch_weights("resnet50")
         assert time.monotonic() - started < 20
         assert socket.getdefaulttimeout() is None
-        assert list((empty_keras_home / "models").iterdir()) == []
+        assert [p.name for p in (empty_keras_home / "models").iterdir()] == [".simd-resnet50-download-failed"]
     finally:
         server.close()

@@ -168,10 +168,21 @@ def load_backbone(name: str = "auto", *, weights: str | os.PathLike | None = Non
     An explicit name without weights raises ``WeightsUnavailable``.
     """
     if name == "auto":
+        status = resnet.resolve_weights(weights)
+        failed_lately = resnet.recent_download_failure() if status.path is None and not weights else None
         try:
-            return _load_resnet(resnet.find_weights(weights, allow_download=allow_download))
+            return _load_resnet(resnet.find_weights(weights, allow_download=allow_download and not failed_lately))
         except WeightsUnavailable as e:  # none found, download failed, or a file Keras cannot load
-            log.warning("using efficientnet-lite0 instead of ResNet50: %s", e.message)
+            # one short line; the long story (HOW_TO_GET) is in `simd models` and the README
+            if status.path is not None or weights:  # a file that is there but unusable: say which
+                why = (status.problem or e.message.split(";")[0])[:200]
+            elif failed_lately:
+                why = "none found; the last download failed, next try after a day"
+            else:
+                why = "none found" + ("; download failed" if allow_download else "")
+            log.warning("model auto: using efficientnet-lite0, as ResNet50 has no weights (%s). `simd weights "
+                        "fetch` gets them; `model = \"efficientnet-lite0\"` in the config silences this.", why)
+            log.debug("ResNet50 weights: %s", e.message)
             return load_backbone(lite0.ID)
     if name == resnet.ID:
         return _load_resnet(resnet.find_weights(weights, allow_download=allow_download))

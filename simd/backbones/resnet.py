@@ -123,6 +123,40 @@ def find_weights(weights: str | os.PathLike | None = None, *, allow_download: bo
         raise WeightsUnavailable(f"ResNet50 weights unavailable ({status.problem}); {e.message}") from None
 
 
+# After a failed download, `auto` does not try again for a day: a machine without network access
+# would otherwise wait for it and log it on every start.
+RETRY_AFTER_S = 24 * 3600
+_FAILED_MARK = ".simd-resnet50-download-failed"
+
+
+def _failed_mark() -> Path:
+    return cache_path().parent / _FAILED_MARK
+
+
+def recent_download_failure() -> str | None:
+    """Why the last download failed, if that was less than RETRY_AFTER_S ago; else None."""
+    import time
+
+    try:
+        mark = _failed_mark()
+        if time.time() - mark.stat().st_mtime < RETRY_AFTER_S:
+            return mark.read_text(errors="replace").strip() or "download failed"
+    except OSError:
+        pass
+    return None
+
+
+def _note_download(failure: str | None) -> None:
+    try:
+        if failure is None:
+            _failed_mark().unlink(missing_ok=True)
+        else:
+            _failed_mark().parent.mkdir(parents=True, exist_ok=True)
+            _failed_mark().write_text(failure[:500] + "\n")
+    except OSError:  # a read-only cache: we will just try again next time
+        pass
+
+
 def download() -> Path:
     """Fetch the notop weights into Keras' cache via ``keras.utils.get_file`` (md5-checked).
 
@@ -141,20 +175,26 @@ def download() -> Path:
     except OSError as e:
         raise WeightsUnavailable(f"cannot write to the Keras cache {dest.parent}: {e}; {HOW_TO_GET}") from None
     try:
-        log.info("downloading ResNet50 weights from %s", ORIGIN)
+        log.info("downloading ResNet50 weights (%s)", NOTOP_FILE)
         with _timeout_lock:  # the only way to give urlretrieve a timeout; restored at once
             previous = socket.getdefaulttimeout()
             socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+            interactive = keras.config.is_interactive_logging_enabled()
+            keras.config.disable_interactive_logging()  # its "Downloading data from" print: we log
             try:
                 got = keras.utils.get_file(NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, hash_algorithm="md5",
                                            cache_subdir=".", cache_dir=str(tmp))
             finally:
                 socket.setdefaulttimeout(previous)
+                if interactive:
+                    keras.config.enable_interactive_logging()
         os.replace(got, dest)
     except Exception as e:  # network, HTTP, md5 mismatch, disk: all mean "no weights"
+        _note_download(_short(e))
         raise WeightsUnavailable(f"download of ResNet50 weights failed ({_short(e)}); {HOW_TO_GET}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _note_download(None)
     log.info("ResNet50 weights saved to %s", dest)
     return dest
 
