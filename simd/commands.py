@@ -115,11 +115,7 @@ def cmd_index(config: cfg.Config, args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        parts = ", ".join(f"{k} {result[k]}" for k in ("new", "changed", "moved", "copied", "deleted",
-                                                         "failed", "unchanged", "embedded"))
-        print(f"{root}: {parts}; {result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s")
-        if summary.failed:
-            print(f"{summary.failed} file(s) could not be indexed: see `simd errors`", file=sys.stderr)
+        print(f"{root}: {summary.describe()}; {result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s")
     return 0
 
 

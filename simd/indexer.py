@@ -32,17 +32,23 @@ RECENT_DELETED_SECONDS = 600.0
 
 @dataclass
 class Summary:
+    """What one run did, file by file. It adds up: every file indexed in this run (new + changed +
+    reembedded) either went through the network (`embedded`) or reused the vector of identical
+    bytes already known (`reused`; `copied` counts the new files among them)."""
+
     scanned: int = 0
-    new: int = 0
+    new: int = 0  # new paths now indexed (failures are counted in `failed` only)
     changed: int = 0
-    moved: int = 0
+    moved: int = 0  # new paths whose bytes were just deleted elsewhere: a rename or move
     copied: int = 0
     deleted: int = 0
-    failed: int = 0
+    failed: int = 0  # files that failed in this run; `failed_total` is every failing file after it
     embedded: int = 0
+    reused: int = 0
     reembedded: int = 0  # stale rows (another model) brought to the active model
     touched: int = 0  # stat changed, same bytes: only the stat was updated
     unchanged: int = 0
+    failed_total: int = 0
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -51,6 +57,35 @@ class Summary:
         d["seconds"] = round(self.seconds, 3)
         d["images_per_s"] = round(self.embedded / self.seconds, 2) if self.seconds > 0 else 0.0
         return d
+
+    @property
+    def did_something(self) -> bool:
+        return any((self.new, self.changed, self.moved, self.deleted, self.failed, self.reembedded, self.touched))
+
+    def describe(self) -> str:
+        """One line for a person, e.g. '254 new (250 embedded, 4 copies of known images), 2 failed ...'."""
+        if not self.did_something:
+            return f"{self.scanned} files, nothing to do"
+        parts = []
+        indexed = self.new + self.changed + self.reembedded
+        if self.new:
+            parts.append(f"{self.new} new")
+        if self.changed:
+            parts.append(f"{self.changed} changed")
+        if self.reembedded:
+            parts.append(f"{self.reembedded} re-embedded for the current model")
+        if indexed:
+            how = [f"{self.embedded} embedded"] if self.embedded else []
+            if self.reused:
+                how.append(f"{self.reused} byte-identical to images already indexed")
+            parts[-1] += f" ({', '.join(how)})"
+        for count, what in ((self.moved, "moved or renamed"), (self.deleted, "deleted"),
+                            (self.touched, "touched (same bytes)"), (self.unchanged, "unchanged")):
+            if count:
+                parts.append(f"{count} {what}")
+        if self.failed or self.failed_total:
+            parts.append(f"{self.failed} failed ({self.failed_total} failing in all: `simd errors`)")
+        return ", ".join(parts)
 
 
 class Reconciler:
@@ -120,6 +155,7 @@ class Reconciler:
             self.on_progress("indexing", done, total)
         if not summary.interrupted and plan.gone:
             summary.deleted = self._delete(plan.gone, moved_hashes)
+        summary.failed_total = self.store.counts(self.model)["failed"]
         summary.seconds = time.perf_counter() - started
         self.on_progress("done", total, total)
         return summary
@@ -148,8 +184,8 @@ class Reconciler:
                     moved_hashes.add(digest)
                     summary.moved += 1
                     kind = "moved"  # counted as moved, not as new
-                elif kind == "new":
-                    summary.copied += 1
+                else:
+                    self._note_reuse(kind, f, summary)
                 writes.append(("ok", f, digest, vec, kind))
                 continue
             to_embed.setdefault(digest, []).append((kind, f))
@@ -159,12 +195,21 @@ class Reconciler:
             results = self.embedder.embed_files([self.root / f.path for f in firsts])
             summary.embedded += sum(1 for r in results if not isinstance(r, ImageError))
             for (digest, files), result in zip(to_embed.items(), results, strict=True):
-                for kind, f in files:
+                for i, (kind, f) in enumerate(files):
                     if isinstance(result, ImageError):
                         writes.append(("failed", f, digest, result.reason, kind))
                     else:
+                        if i:
+                            self._note_reuse(kind, f, summary, files[0][1].path)
                         writes.append(("ok", f, digest, np.asarray(result, dtype=np.float32), kind))
         self._commit(writes, summary)
+
+    @staticmethod
+    def _note_reuse(kind: str, f: DiskFile, summary: Summary, twin: str | None = None) -> None:
+        summary.reused += 1
+        if kind == "new":
+            summary.copied += 1
+        log.info("%s: byte-identical to %s; its vector is reused", f.path, twin or "an indexed image")
 
     def _commit(self, writes: list[tuple], summary: Summary) -> None:
         upserts: list[tuple[int, np.ndarray]] = []

@@ -133,8 +133,9 @@ class IndexWorker:
             return
         still_queued = self._queue.qsize()
         self.runtime.update(state="idle" if not still_queued else "scanning", pending=0, progress=None)
-        if summary.embedded or summary.deleted or summary.moved or summary.failed or summary.changed:
-            log.info("indexed: %s", {k: v for k, v in summary.as_dict().items() if v})
+        if paths is None or summary.did_something:  # a full reconcile always says what it found
+            log.info("%s: %s (%.1f s)", "reconcile" if paths is None else "indexed", summary.describe(),
+                     summary.seconds)
 
     def _retry_if_back_online(self) -> None:
         if self._offline_since is None or time.monotonic() - self._offline_since < OFFLINE_RETRY_SECONDS:

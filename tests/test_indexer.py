@@ -210,3 +210,28 @@ def test_stop_event_interrupts_between_chunks_and_rerun_completes(library, state
     s2 = Reconciler(library, store, emb, None, IgnoreRules([]), chunk_size=4).run()
     assert s2.new == 8 and len(store.records()) == 12 and store.integrity_ok()
     store.close()
+
+
+def test_the_summary_adds_up_and_says_so(env, caplog):
+    """new + changed + reembedded == embedded + reused, copies inside one chunk and across runs;
+    `failed` is this run's failures, `failed_total` every failing file after it."""
+    import logging
+
+    root, store, emb, vectors, rec = env
+    for i in range(6):
+        write_image(root / f"img{i}.png", i)
+    shutil.copy(root / "img0.png", root / "copy-in-the-same-run.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    s = rec.run()
+    assert (s.new, s.embedded, s.reused, s.copied, s.failed, s.failed_total) == (7, 6, 1, 1, 1, 1)
+    assert s.new + s.changed + s.reembedded == s.embedded + s.reused
+    assert s.describe() == "7 new (6 embedded, 1 byte-identical to images already indexed), " \
+                           "1 failed (1 failing in all: `simd errors`)"
+    shutil.copy(root / "img1.png", root / "later-copy.png")
+    (root / "broken2.png").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="simd.indexer"):
+        s = rec.run()
+    assert (s.new, s.embedded, s.reused, s.failed, s.failed_total) == (1, 0, 1, 1, 2)
+    assert "later-copy.png: byte-identical to an indexed image" in caplog.text
+    s = rec.run()
+    assert not s.did_something and s.describe() == "10 files, nothing to do" and s.failed_total == 2
