@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("errors", help="files that could not be indexed, and why")
     _common(p)
     p.add_argument("--library", help="which library's index (when several exist)")
+    p.add_argument("--json", action="store_true", help="print the same object as GET /api/errors (no links)")
 
     sub.add_parser("models", help="the backbones and whether their weights are available")
 

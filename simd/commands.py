@@ -361,6 +361,11 @@ def cmd_errors(config: cfg.Config, args) -> int:
         rows = store.errors()
     finally:
         store.close()
+    if args.json:
+        items = [{"id": r["id"], "path": r["path"], "error": r["error"], "size": r["size"],
+                  "mtime": r["mtime_ns"] / 1e9} for r in rows]
+        print(json.dumps({"errors": items, "total": len(items)}))
+        return 0
     if not rows:
         print("no errors")
     for r in rows:

@@ -79,6 +79,11 @@ def test_heic_is_indexed_and_raw_is_reported_as_such(daemon):
     r = subprocess.run([sys.executable, "-m", "simd", "errors", "--state-dir", str(daemon.state_dir)],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and f"{RAW}: camera RAW (NEF): not supported" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "simd", "errors", "--json", "--state-dir", str(daemon.state_dir)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    as_json = json.loads(r.stdout)
+    assert as_json["total"] == 1 and as_json["errors"][0]["path"] == RAW
+    assert as_json["errors"][0]["error"] == errors[0]["error"] and as_json["errors"][0]["size"] > 0
 
 
 @pytest.mark.parametrize("rel", [JPEG, HEIC])

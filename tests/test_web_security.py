@@ -282,5 +282,6 @@ def test_close_before_run(env):
 
 def test_port_in_use_is_a_config_error(env, server):
     app = create_app(web_config(), env.service)
-    with pytest.raises(ConfigError, match="cannot listen"):
+    with pytest.raises(ConfigError, match="cannot listen") as info:
         Server(app, "127.0.0.1", server.port)
+    assert f"another program uses port {server.port}: pass --port N" in info.value.message

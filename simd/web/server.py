@@ -13,6 +13,7 @@ app); those answers use the API's JSON error shape too.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -85,7 +86,10 @@ def _bind(host: str, port: int) -> list[socket.socket]:
         sockets.append(sock)
     if not sockets:
         msg = first_error.strerror if first_error and first_error.strerror else first_error
-        raise ConfigError(f"cannot listen on {host}:{port}: {msg}")
+        hint = ""
+        if first_error is not None and first_error.errno == errno.EADDRINUSE:
+            hint = f" (another program uses port {port}: pass --port N, or set port in the config file)"
+        raise ConfigError(f"cannot listen on {host}:{port}: {msg}{hint}")
     return sockets
 
 
