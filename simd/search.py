@@ -8,6 +8,7 @@ in-RAM `VectorIndex` the indexer keeps in step. The indexer and daemon publish t
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from simd.store import Store
 from simd.vectors import VectorIndex
 
 K_MAX = 100
+LIST_STATES = ("ok", "failed", "all")  # the `state` filter of list_images
 
 # What a cosine score means, per model id, measured on the public evaluation kit (docs/QUALITY.md):
 # (near-duplicate, similar). For efficientnet-lite0: 95% of edited copies of a photo (crop, resize,
@@ -202,11 +204,16 @@ class SearchService:
             return row
         raise BadRequest("give id=, path= or an image upload")
 
-    def list_images(self, offset: Any = 0, limit: Any = 50, q: str | None = "") -> dict:
+    def list_images(self, offset: Any = 0, limit: Any = 50, q: str | None = "", state: str | None = "ok") -> dict:
+        """A page of the library by path. `state`: "ok" (the default: indexed images, the ones with a
+        thumbnail, which is what a grid shows), "failed" (files that could not be indexed) or "all"."""
         offset_i = _int_param("offset", offset, 0, 0, None)
         limit_i = _int_param("limit", limit, 50, 1, 500)
         q = "".join(c for c in (q or "") if c.isprintable()).strip()  # a NUL or newline filters nothing
-        rows, total = self._store().list_images(offset_i, limit_i, q)
+        state = (state or "ok").strip()
+        if state not in LIST_STATES:
+            raise BadRequest(f"state must be one of {', '.join(LIST_STATES)}, got {state!r}")
+        rows, total = self._store().list_images(offset_i, limit_i, q, None if state == "all" else state)
         return {"images": [_public(r) for r in rows], "total": total, "offset": offset_i, "limit": limit_i}
 
     def _row_by_id(self, image_id: Any, not_an_int: Exception) -> dict:
@@ -232,8 +239,30 @@ class SearchService:
         return Path(real)
 
     def errors(self) -> list[dict]:
-        return [{"id": r["id"], "path": r["path"], "error": r["error"], "size": r["size"],
-                 "mtime": r["mtime_ns"] / 1e9} for r in self._store().errors()]
+        return [{"id": r["id"], "path": r["path"], "state": "failed", "error": r["error"], "size": r["size"],
+                 "mtime": r["mtime_ns"] / 1e9, "version": version(r)} for r in self._store().errors()]
+
+    def servable(self, path: str) -> bool:
+        """Whether GET /api/images/<id>/file can serve the file at `path`: a regular file inside the
+        library whose first bytes are those of an image format (a truncated JPEG is; a text file
+        named .jpg is not). Asked only of files that could not be indexed."""
+        from simd.imaging import CONTENT_TYPES, sniff_format  # Pillow: not at import time of the CLI
+
+        root = os.path.realpath(self.library_root)
+        real = os.path.realpath(os.path.join(root, *path.split("/")))
+        if os.path.commonpath([root, real]) != root or real == root:
+            return False
+        try:
+            # O_NONBLOCK: a FIFO in the library must not hang the request (a regular file ignores it)
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode) and sniff_format(os.pread(fd, 256, 0)) in CONTENT_TYPES
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def rescan(self) -> None:
         self.runtime.request_rescan()

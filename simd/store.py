@@ -253,14 +253,16 @@ class Store:
                     self.db.execute("COMMIT")
         return ids, matrix
 
-    def list_images(self, offset: int, limit: int, q: str = "") -> tuple[list[dict], int]:
-        """A page of rows ordered by path, and the number matching; `q`: case-insensitive substring."""
-        where, params = "", []
+    def list_images(self, offset: int, limit: int, q: str = "", state: str | None = None) -> tuple[list[dict], int]:
+        """A page of rows ordered by path, and the number matching; `q`: case-insensitive substring;
+        `state`: only rows in that state ('ok' or 'failed'), None for all."""
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
         if q:
+            where += " AND " if where else "WHERE "
             if q.isascii() and self._all_ascii():  # LIKE folds ASCII case only, C-fast, no Python per row
-                where, params = "WHERE path LIKE ? ESCAPE '\\'", [f"%{_like_escape(q)}%"]
+                where, params = where + "path LIKE ? ESCAPE '\\'", [*params, f"%{_like_escape(q)}%"]
             else:
-                where, params = "WHERE instr(simd_casefold(path), ?) > 0", [casefold(q)]
+                where, params = where + "instr(simd_casefold(path), ?) > 0", [*params, casefold(q)]
         with self._lock:
             total = self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
             rows = self._dicts(f"SELECT {_INFO_COLUMNS} FROM images {where} ORDER BY path LIMIT ? OFFSET ?",

@@ -9,6 +9,7 @@ the page makes is checked to go to the server under test.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -52,13 +53,16 @@ def browser(offline_env):
 
 
 class PageWatch:
-    """Console errors, page errors and any request that is not to the server under test."""
+    """Console errors, page errors and any request that is not to the server under test; `http_errors`
+    lists the responses >= 400 (a test that expects none asserts it)."""
 
     def __init__(self, page, base: str):
         self.base = base
         self.errors: list[str] = []
         self.foreign: list[str] = []
+        self.http_errors: list[tuple[int, str]] = []
         page.on("console", self._console)
+        page.on("response", lambda r: self.http_errors.append((r.status, r.url)) if r.status >= 400 else None)
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         page.context.route("**/*", self._route)
 
@@ -175,10 +179,11 @@ def test_page_against_local_server(browser, local_server, tmp_path):
     env.runtime.update(state="idle", pending=0, progress=None)
     expect(page.get_by_test_id("status")).to_have_attribute("data-state", "idle", timeout=10_000)
 
-    # failed files: the status line links to the list
+    # failed files: the status line links to the list; the library counts indexed images only
     (env.library / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     env.add("broken.jpg", failed="truncated JPEG")
     expect(page.get_by_test_id("failed-link")).to_have_text("1 failed", timeout=10_000)
+    expect(page.get_by_test_id("browse-failed")).to_contain_text("1 file could not be indexed")
     page.get_by_test_id("failed-link").click()
     expect(page.get_by_test_id("errors-panel")).to_contain_text("broken.jpg")
     expect(page.get_by_test_id("errors-panel")).to_contain_text("truncated JPEG")
@@ -192,7 +197,7 @@ def test_page_against_local_server(browser, local_server, tmp_path):
     page.get_by_test_id("filter").fill("no-such-name")
     expect(page.get_by_test_id("browse-message")).to_contain_text("No file or folder names contain")
     page.get_by_test_id("filter").fill("")
-    expect(page.get_by_test_id("page-info")).to_have_text("1–17 of 17")
+    expect(page.get_by_test_id("page-info")).to_have_text("1–16 of 16")  # broken.jpg is not a card
 
     # clear messages for a non-image and for a file over the limit
     bad = tmp_path / "notes.jpg"
@@ -356,6 +361,194 @@ def test_token_is_asked_once_and_kept(browser, tmp_path):
         shot(page, "browser-token.png")
         watch.check()
         context.close()
+    finally:
+        server.close()
+
+
+def test_failed_files_are_counted_apart_not_shown_as_cards(browser, local_server):
+    """Files that could not be indexed are no cards of the library (no "No preview", no thumbnail
+    requests answered 415), the pager counts indexed images only, and the library says how many
+    failed with a way to their list; an original that can be served gets a link there."""
+    env, server = local_server
+    (env.library / "aaa-truncated.jpg").write_bytes(env.path_of("garden/photo01.jpg").read_bytes()[:300])
+    env.add("aaa-truncated.jpg", failed="truncated JPEG")
+    (env.library / "aab-notes.jpg").write_text("this is a text file, not a picture\n")
+    env.add("aab-notes.jpg", failed="not an image (looks like a text file)")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    watch = PageWatch(page, server.url)
+    page.goto(server.url + "/")
+    wait_idle(page, 16)
+    grid = page.locator("[data-testid=browse-grid] [data-testid=card]")
+    expect(grid).to_have_count(16)
+    expect(page.get_by_test_id("page-info")).to_have_text("1–16 of 16")
+    expect(grid.first.get_by_test_id("card-name")).to_have_attribute("title", "garden/photo01.jpg")
+    expect(page.locator(".no-preview")).to_have_count(0)
+    note = page.get_by_test_id("browse-failed")
+    expect(note).to_contain_text("2 files could not be indexed")
+    expect(note).to_contain_text("simd errors")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=browse-grid] img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    note.get_by_role("button").click()
+    panel = page.get_by_test_id("errors-panel")
+    expect(panel).to_be_visible()
+    expect(panel.locator("li")).to_have_count(2)
+    expect(panel.locator("li").nth(0)).to_contain_text("aaa-truncated.jpg — truncated JPEG")
+    original = f"/api/images/{env.ids['aaa-truncated.jpg']}/file?v={env.service.errors()[0]['version']}"
+    expect(panel.locator("li").nth(0).locator("a")).to_have_attribute("href", original)
+    expect(panel.locator("li").nth(1).locator("a")).to_have_count(0)  # a text file: nothing to open
+    shot(page, "browser-local-failed.png")
+    assert not watch.http_errors, watch.http_errors
+    watch.check()
+
+
+@pytest.fixture
+def token_server(tmp_path):
+    from webfixtures import build_env, web_config
+
+    from simd.web import create_app
+    from simd.web.server import Server
+
+    env = build_env(tmp_path, count=12, size=(200, 150))
+    server = Server(create_app(web_config(token="open-sesame"), env.service), "127.0.0.1", 0, threads=4).start()
+    try:
+        yield env, server
+    finally:
+        server.close()
+
+
+def test_a_refused_token_says_so_and_can_be_entered_again(browser, token_server):
+    env, server = token_server
+    context = browser.new_context()
+    page = context.new_page()
+    watch = PageWatch(page, server.url)
+    page.goto(server.url + "/")
+    form, message = page.get_by_test_id("token-form"), page.get_by_test_id("token-message")
+    field = page.locator("#token-input")
+    expect(form).to_be_visible()
+    expect(message).to_contain_text("needs a token")
+    field.fill("open-sesame-typo")
+    field.press("Enter")
+    expect(message).to_contain_text("refused that token")  # not a silent form again, nor a hidden one
+    expect(form).to_be_visible()
+    expect(field).to_have_attribute("aria-invalid", "true")
+    expect(field).to_be_focused()
+    expect(page.locator("#status-text")).to_have_text("Token refused")
+    page.get_by_test_id("file-input").set_input_files(str(env.path_of("garden/photo01.jpg")))
+    expect(page.get_by_test_id("message")).to_contain_text("refused the token")
+    shot(page, "browser-token-refused.png")
+    page.keyboard.type("open-sesame")  # the refused token is selected: typing replaces it
+    page.keyboard.press("Enter")
+    wait_idle(page, 12)
+    expect(form).to_be_hidden()
+    expect(page.locator("[data-testid=browse-grid] [data-testid=card]")).to_have_count(12)
+    # a token saved in this browser that the server no longer takes (it was changed)
+    page.evaluate("localStorage.setItem('simd.token', 'an-old-token')")
+    page.reload()
+    expect(message).to_contain_text("saved in this browser")
+    expect(form).to_be_visible()
+    field.fill("open-sesame")
+    page.get_by_role("button", name="Save token").click()
+    wait_idle(page, 12)
+    expect(form).to_be_hidden()
+    page.reload()  # the accepted token is the one kept
+    wait_idle(page, 12)
+    expect(form).to_be_hidden()
+    assert {status for status, _ in watch.http_errors} == {401}
+    watch.check()
+    context.close()
+
+
+def test_phone_page_is_a_few_screens_high(browser, tmp_path):
+    """On a phone the library shows fewer cards a page: 48 in two columns was a 7,000+ px page."""
+    from webfixtures import build_env, web_config
+
+    from simd.web import create_app
+    from simd.web.server import Server
+
+    env = build_env(tmp_path, count=60, size=(120, 90))
+    server = Server(create_app(web_config(), env.service), "127.0.0.1", 0, threads=4).start()
+    try:
+        context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                      is_mobile=True, has_touch=True)
+        page = context.new_page()
+        watch = PageWatch(page, server.url)
+        page.goto(server.url + "/")
+        wait_idle(page, 60)
+        grid = page.locator("[data-testid=browse-grid] [data-testid=card]")
+        expect(page.get_by_test_id("page-info")).to_have_text("1–12 of 60")
+        expect(grid).to_have_count(12)
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=browse-grid] img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height <= 3.5 * 844, f"the phone page is {height} px high"
+        shot(page, "browser-phone.png")
+        page.get_by_test_id("next-page").click()
+        expect(page.get_by_test_id("page-info")).to_have_text("13–24 of 60")
+        assert "offset=12" in page.url
+        page.set_viewport_size({"width": 1280, "height": 900})  # the page size follows the screen
+        expect(page.get_by_test_id("page-info")).to_have_text("1–48 of 60")
+        expect(grid).to_have_count(48)
+        watch.check()
+        context.close()
+    finally:
+        server.close()
+
+
+def test_dropping_a_phone_photo_finds_its_library_copy(browser, tmp_path, phone_jpeg, phone_heic):
+    """What a user does first: drop a 12 MP, ~4 MB photo from a phone on the page. Its copy in the
+    library comes first; an iPhone HEIC through the file picker as well."""
+    from webfixtures import build_env, web_config
+
+    from simd.web import create_app
+    from simd.web.server import Server
+
+    env = build_env(tmp_path, count=12, size=(200, 150))
+    (env.library / "phone").mkdir()
+    for src in (phone_jpeg, phone_heic):
+        shutil.copy(src, env.library / "phone" / src.name)
+        env.add(f"phone/{src.name}")
+    assert phone_jpeg.stat().st_size > 3 * 1024 * 1024
+    server = Server(create_app(web_config(max_upload_mb=25), env.service), "127.0.0.1", 0, threads=4).start()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        watch = PageWatch(page, server.url)
+        page.goto(server.url + "/")
+        wait_idle(page, 14)
+        data = base64.b64encode(phone_jpeg.read_bytes()).decode("ascii")
+        posted = lambda r: "/api/similar" in r.url and r.request.method == "POST"  # noqa: E731
+        with page.expect_response(posted, timeout=60_000) as response:
+            page.evaluate("""([b64, name]) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
+                const zone = document.querySelector('[data-testid=dropzone]');
+                zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+                zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+            }""", [data, phone_jpeg.name])
+        assert response.value.status == 200, response.value.text()
+        first = results(page).first
+        expect(first.get_by_test_id("card-name")).to_have_attribute("title", f"phone/{phone_jpeg.name}")
+        expect(first.get_by_test_id("score")).to_have_text("100.0%")
+        expect(page.get_by_test_id("query-label")).to_contain_text(phone_jpeg.name)
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=results] img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        shot(page, "browser-phone-photo.png")
+        with page.expect_response(posted, timeout=60_000) as response:
+            page.get_by_test_id("file-input").set_input_files(str(phone_heic))
+        assert response.value.status == 200, response.value.text()
+        first = results(page).first
+        expect(first.get_by_test_id("card-name")).to_have_attribute("title", f"phone/{phone_heic.name}")
+        expect(results(page).first.get_by_test_id("score")).to_have_text("100.0%")
+        # the sideways HEIC is shown upright (portrait) and within its square, as every card's picture
+        page.wait_for_function("() => [...document.querySelectorAll('.thumb')].every(i => i.complete)")
+        boxes = page.locator(".thumb-btn").evaluate_all(
+            "els => els.map(e => [e.getBoundingClientRect().width, e.getBoundingClientRect().height])")
+        assert boxes and all(abs(w - h) <= 1 for w, h in boxes), boxes
+        heic = results(page).first.locator("img")
+        assert heic.evaluate("i => i.naturalHeight > i.naturalWidth")
+        shot(page, "browser-phone-heic.png")
+        assert not watch.http_errors, watch.http_errors
+        watch.check()
     finally:
         server.close()
 

@@ -318,6 +318,56 @@ def test_errors_and_rescan(client, env):
     assert_error(client.get("/api/rescan"), 405, "method_not_allowed")
 
 
+def _add_failed_files(env) -> dict[str, int]:
+    """A truncated JPEG (its bytes start like a JPEG: the original can be served, a thumbnail cannot)
+    and a text file named .jpg (neither), named to sort before every indexed image."""
+    (env.library / "aaa-truncated.jpg").write_bytes(env.path_of("garden/photo01.jpg").read_bytes()[:300])
+    (env.library / "aab-notes.jpg").write_text("this is a text file, not a picture\n")
+    return {rel: env.add(rel, failed=reason) for rel, reason in
+            [("aaa-truncated.jpg", "truncated JPEG"), ("aab-notes.jpg", "not an image (looks like a text file)")]}
+
+
+def test_images_lists_indexed_images_unless_asked_for_failed_ones(client, env):
+    """A grid shows indexed images: by default the listing and its total leave out the files that
+    could not be indexed (no thumbnail can be made of them); state=failed|all asks for them."""
+    failed = _add_failed_files(env)
+    d = client.get("/api/images?limit=5").get_json()
+    assert d["total"] == 14 and [i["path"] for i in d["images"]] == sorted(env.ids.keys() - failed.keys())[:5]
+    assert all(i["state"] == "ok" and i["thumb"] and i["url"] for i in d["images"])
+    assert client.get("/api/images?state=ok&q=aa").get_json()["total"] == 0
+    f = client.get("/api/images?state=failed").get_json()
+    assert f["total"] == 2 and [i["path"] for i in f["images"]] == ["aaa-truncated.jpg", "aab-notes.jpg"]
+    assert [i["thumb"] for i in f["images"]] == [None, None]  # no link that can only fail
+    truncated, notes = f["images"]
+    assert truncated["url"] == f"/api/images/{failed['aaa-truncated.jpg']}/file?v={truncated['version']}"
+    assert notes["url"] is None
+    assert client.get("/api/images?state=failed&q=NOTES").get_json()["total"] == 1
+    a = client.get("/api/images?state=all&limit=3").get_json()
+    assert a["total"] == 16 and [i["state"] for i in a["images"]] == ["failed", "failed", "ok"]
+    assert client.get(f"/api/images/{failed['aab-notes.jpg']}").get_json()["thumb"] is None
+    for bad in ("bogus", "OK", "failed,ok"):
+        assert "state" in assert_error(client.get(f"/api/images?state={bad}"), 400, "bad_request")["message"]
+
+
+def test_errors_carry_no_thumb_and_a_url_only_when_it_serves(client, env):
+    failed = _add_failed_files(env)
+    d = client.get("/api/errors").get_json()
+    assert d["total"] == 2
+    by_path = {e["path"]: e for e in d["errors"]}
+    assert not [e for e in d["errors"] if "thumb" in e]
+    assert by_path["aab-notes.jpg"]["url"] is None  # the file route would answer 415
+    url = by_path["aaa-truncated.jpg"]["url"]
+    assert url.startswith(f"/api/images/{failed['aaa-truncated.jpg']}/file")
+    r = get(client, url)
+    assert r.status_code == 200 and r.mimetype == "image/jpeg" and len(r.data) == 300
+    assert_error(get(client, f"/api/images/{failed['aab-notes.jpg']}/file"), 415)
+    # a failed file that went away, or was replaced by a directory: no link either
+    env.path_of("aaa-truncated.jpg").unlink()
+    assert client.get("/api/errors").get_json()["errors"][0]["url"] is None
+    env.path_of("aaa-truncated.jpg").mkdir()
+    assert client.get("/api/errors").get_json()["errors"][0]["url"] is None
+
+
 # -- thumbnails ----------------------------------------------------------------------------------
 
 def _thumb_files(env):
@@ -529,7 +579,7 @@ def test_search_page_and_static(client):
     html = r.get_data(as_text=True)
     assert 'data-testid="file-input"' in html and "http" not in html.split("<body")[0].replace(
         'name="viewport"', "")  # no external resources in <head>
-    for name in ("app.js", "style.css"):
+    for name in ("net.js", "cards.js", "app.js", "style.css"):
         with client.get(f"/static/{name}") as s:
             assert s.status_code == 200
             assert b"http://" not in s.get_data() and b"https://" not in s.get_data()

@@ -33,10 +33,17 @@ def _image_id(value: str) -> int:
 
 
 def _links(item: dict) -> dict:
+    """`thumb` and `url` of an image. A file that could not be indexed has no thumbnail (null), and a
+    `url` only if its original can be served (it starts like an image, e.g. a truncated JPEG)."""
     # `v` is ignored by the server; it makes the address change when the file does (see version()).
     v = {"v": item["version"]} if item.get("version") else {}
-    item["thumb"] = url_for("api.image_thumb", image_id=item["id"], **v)
-    item["url"] = url_for("api.image_file", image_id=item["id"], **v)
+    file_url = url_for("api.image_file", image_id=item["id"], **v)
+    if item.get("state") == "failed":
+        item["thumb"] = None
+        item["url"] = file_url if service().servable(item["path"]) else None
+    else:
+        item["thumb"] = url_for("api.image_thumb", image_id=item["id"], **v)
+        item["url"] = file_url
     return item
 
 
@@ -107,7 +114,8 @@ def _read_upload() -> tuple[bytes, str]:
 @bp.get("/api/images")
 def images():
     args = request.args
-    out = service().list_images(offset=args.get("offset"), limit=args.get("limit"), q=args.get("q", ""))
+    out = service().list_images(offset=args.get("offset"), limit=args.get("limit"), q=args.get("q", ""),
+                                state=args.get("state"))
     for item in out["images"]:
         _links(item)
     return out
@@ -175,7 +183,7 @@ def _send(fh, st, mimetype: str, name: str, etag: str):
 def errors():
     items = service().errors()
     for item in items:
-        _links(item)
+        _links(item).pop("thumb")  # none can be made of a file that does not decode
     return {"errors": items, "total": len(items)}
 
 

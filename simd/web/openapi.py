@@ -70,12 +70,21 @@ SCHEMAS = {
         "id": {"type": "integer"}, "path": {"type": "string"}, "size": {"type": "integer"},
         "mtime": {"type": "number"}, "state": {"enum": ["ok", "failed"]},
         "error": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]}, "version": {"type": "string"},
-        "thumb": {"type": "string"}, "url": {"type": "string"}}},
+        "thumb": {"type": ["string", "null"], "description": "null for a file that could not be indexed."},
+        "url": {"type": ["string", "null"], "description": "The original file; for a file that could not be "
+                "indexed only if its bytes start like an image (e.g. a truncated JPEG), else null."}}},
     "ImageList": {"type": "object", "required": ["images", "total", "offset", "limit"], "properties": {
         "images": {"type": "array", "items": _ref("Image")}, "total": {"type": "integer"},
         "offset": {"type": "integer"}, "limit": {"type": "integer"}}},
     "Errors": {"type": "object", "required": ["errors", "total"], "properties": {
-        "errors": {"type": "array", "items": {"type": "object"}}, "total": {"type": "integer"}}},
+        "errors": {"type": "array", "items": {"type": "object", "required": ["id", "path", "error"], "properties": {
+            "id": {"type": "integer"}, "path": {"type": "string"}, "state": {"const": "failed"},
+            "error": {"type": "string", "description": "Why the file could not be indexed."},
+            "size": {"type": "integer"}, "mtime": {"type": "number"}, "version": {"type": "string"},
+            "url": {"type": ["string", "null"], "description": "The original file, only when it can be "
+                    "served (its bytes start like an image, e.g. a truncated JPEG); else null. There is no "
+                    "thumb: no thumbnail can be made of a file that does not decode."}}}},
+        "total": {"type": "integer"}}},
 }
 
 
@@ -111,10 +120,13 @@ PATHS = {
                                                         "contentMediaType": "application/octet-stream"}}}}),
     },
     "/api/images": {"get": _op("Browse the library by path, with a filename filter.", {
-        "200": _json(_ref("ImageList"), "A page of images."), "400": _err("Bad offset or limit.")},
+        "200": _json(_ref("ImageList"), "A page of images."), "400": _err("Bad offset, limit or state.")},
         [_q("offset", {"type": "integer", "minimum": 0, "default": 0}, "First row."),
          _q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Rows per page."),
-         _q("q", {"type": "string"}, "Case-insensitive substring of the path.")])},
+         _q("q", {"type": "string"}, "Case-insensitive substring of the path."),
+         _q("state", {"enum": ["ok", "failed", "all"], "default": "ok"},
+            "`ok` (default): indexed images, each with a thumbnail, and `total` counts only those; "
+            "`failed`: files that could not be indexed (as `/api/errors`, paged); `all`: both.")])},
     "/api/images/{image_id}": {"get": _op("One image's record.", {
         "200": _json(_ref("Image"), "The image."), "404": _err("Unknown image.")}, [_ID_PARAM])},
     "/api/images/{image_id}/thumb": {"get": _op("A JPEG thumbnail, long side <= 256 px.", {

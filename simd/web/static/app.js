@@ -1,25 +1,23 @@
 // simd search page: upload / paste / drop an image, or click one, to see the most similar pictures.
 // Vanilla JS, no build step, no network access beyond this server. Every text from the server is
-// inserted with textContent (never innerHTML).
+// inserted with textContent (never innerHTML). net.js (requests, token) and cards.js (cards, the
+// list of failed files) are loaded before this file.
 (() => {
   "use strict";
 
   const $ = (id) => document.getElementById(id);
+  const { ApiError, apiJson, friendly, setImage, isRefused, onTokenSaved } = window.simd.net;
+  const { makeCard, renderLegend } = window.simd.cards;
   const K = 10;
-  const PAGE = 48;
-  const TOKEN_KEY = "simd.token";
   const MAX_UPLOAD = Number(document.body.dataset.maxUpload) || 0;
-  const MAX_MB = document.body.dataset.maxUploadMb || "?";
   const STATE_LABEL = {
     starting: "Starting", scanning: "Scanning", indexing: "Indexing", idle: "Idle", offline: "Library offline",
   };
 
-  let token = "";
-  try { token = localStorage.getItem(TOKEN_KEY) || ""; } catch (e) { token = ""; }
   let lastStatus = null;
   let searchSeq = 0;
   let browseSeq = 0;
-  const browse = { offset: 0, q: "", total: 0 };
+  const browse = { offset: 0, q: "", total: 0, limit: 48 }; // limit: cards per page, see pageSize()
   let currentSimilar = ""; // path of the indexed image whose neighbours are shown ("" for none/upload)
 
   // -- the address bar: the search by an indexed image, the filter and the page live in the URL,
@@ -28,7 +26,7 @@
     const p = new URLSearchParams(location.search);
     const offset = parseInt(p.get("offset") || "0", 10);
     return { similar: p.get("similar") || "", q: (p.get("q") || "").trim(),
-      offset: Number.isFinite(offset) && offset > 0 ? offset - (offset % PAGE) : 0 };
+      offset: Number.isFinite(offset) && offset > 0 ? offset - (offset % browse.limit) : 0 };
   }
 
   // `upload`: the entry of an upload search, pushed even when the address does not change, so that
@@ -66,171 +64,6 @@
   }
   window.addEventListener("popstate", applyUrl);
 
-  // -- HTTP --------------------------------------------------------------------------------------
-  class ApiError extends Error {
-    constructor(status, code, message) {
-      super(message);
-      this.status = status;
-      this.code = code;
-    }
-  }
-
-  async function api(path, opts = {}) {
-    const headers = new Headers(opts.headers || {});
-    if (token) headers.set("Authorization", "Bearer " + token);
-    let res;
-    try {
-      res = await fetch(path, { ...opts, headers, cache: "no-store" });
-    } catch (e) {
-      throw new ApiError(0, "network", "The server cannot be reached.");
-    }
-    if (res.status === 401) showTokenForm();
-    if (!res.ok) {
-      let code = "http_" + res.status;
-      let message = res.statusText || "request failed";
-      try {
-        const body = await res.json();
-        if (body && body.error) { code = body.error.code; message = body.error.message; }
-      } catch (e) { /* not JSON: keep the status text */ }
-      throw new ApiError(res.status, code, message);
-    }
-    return res;
-  }
-
-  const apiJson = async (path, opts) => (await api(path, opts)).json();
-
-  function friendly(err) {
-    switch (err.status) {
-      case 0: return "The server cannot be reached. Is simd still running?";
-      case 401: return "This server needs a token: enter it in the form above.";
-      case 404: return "That image is no longer in the library (" + err.message + ").";
-      case 413: return "That file is larger than the " + MAX_MB + " MB upload limit.";
-      case 415: return "simd cannot read that file as an image: " + err.message + ". "
-        + "Try a JPEG, PNG, WebP, GIF, BMP or TIFF.";
-      case 503: return "Not ready yet: " + err.message;
-      default: return err.message || "Something went wrong.";
-    }
-  }
-
-  // -- images (plain <img> when there is no token; fetched with the token otherwise) -------------
-  const lazy = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
-    for (const entry of entries) {
-      if (entry.isIntersecting) {
-        lazy.unobserve(entry.target);
-        loadWithToken(entry.target);
-      }
-    }
-  }, { rootMargin: "300px" }) : null;
-
-  // onBroken(img) runs if the image cannot be shown (e.g. a file that does not decode: 415)
-  function setImage(img, url, onBroken) {
-    img.addEventListener("error", () => onBroken(img), { once: true });
-    if (!token) { img.src = url; return; }
-    img.dataset.src = url;
-    img.simdBroken = onBroken;
-    if (lazy) lazy.observe(img); else loadWithToken(img);
-  }
-
-  async function loadWithToken(img) {
-    try {
-      const blob = await (await api(img.dataset.src)).blob();
-      const objectUrl = URL.createObjectURL(blob);
-      img.addEventListener("load", () => URL.revokeObjectURL(objectUrl), { once: true });
-      img.src = objectUrl;
-    } catch (e) {
-      img.simdBroken(img);
-    }
-  }
-
-  function noPreview(img) {
-    const holder = img.closest(".thumb-btn");
-    if (!holder || holder.querySelector(".no-preview")) return;
-    holder.classList.add("broken");
-    const span = document.createElement("span");
-    span.className = "no-preview";
-    span.textContent = "No preview";
-    holder.appendChild(span);
-  }
-
-  async function openOriginal(event, url) {
-    if (!token) return; // a normal link
-    event.preventDefault();
-    const win = window.open("", "_blank");
-    try {
-      const blob = await (await api(url)).blob();
-      const objectUrl = URL.createObjectURL(blob);
-      if (win) win.location = objectUrl; else window.location = objectUrl;
-    } catch (e) {
-      if (win) win.close();
-      showMessage($("message"), friendly(e), "error");
-    }
-  }
-
-  // -- cards ---------------------------------------------------------------------------------------
-  const basename = (p) => p.split("/").pop();
-  // One decimal, but only identical features (up to float rounding) read as "100.0%": 0.9996 is
-  // a re-saved copy, not the same picture.
-  const percent = (s) => (s < 0.99999 && s * 100 >= 99.95 ? ">99.9" : (s * 100).toFixed(1)) + "%";
-
-  const MATCH_TEXT = {
-    "near-duplicate": "same photo, edited or re-saved",
-    "similar": "similar subject",
-    "weak": "only loosely alike",
-  };
-
-  function makeCard(item, score) {
-    const node = $("card-template").content.firstElementChild.cloneNode(true);
-    const name = basename(item.path);
-    node.dataset.id = String(item.id);
-    const img = node.querySelector("img");
-    img.alt = name;
-    setImage(img, item.thumb, noPreview);
-    const open = node.querySelector(".thumb-btn");
-    open.title = item.path;
-    open.setAttribute("aria-label", "Find images similar to " + name);
-    const nameEl = node.querySelector(".name");
-    // a line may break after _ - . (camera and export names have no spaces) rather than mid-word:
-    // <wbr> between the pieces, which the text itself (copy, innerText) does not contain
-    nameEl.replaceChildren();
-    for (const piece of name.split(/(?<=[_\-.])/)) {
-      if (nameEl.firstChild) nameEl.appendChild(document.createElement("wbr"));
-      nameEl.appendChild(document.createTextNode(piece));
-    }
-    nameEl.title = item.path;
-    const folder = item.path.includes("/") ? item.path.slice(0, item.path.lastIndexOf("/")) : "";
-    const folderEl = node.querySelector(".folder");
-    folderEl.textContent = folder ? folder + "/" : "library root";
-    folderEl.title = item.path;
-    const scoreEl = node.querySelector(".score");
-    if (typeof score === "number") {
-      scoreEl.textContent = percent(score);
-      const meaning = item.match ? MATCH_TEXT[item.match] + " \u2014 " : "";
-      scoreEl.title = meaning + "cosine similarity " + score.toFixed(3) + " between the two pictures' "
-        + "feature vectors (100% = identical features; the same score means the same for every query).";
-      scoreEl.setAttribute("aria-label", "similarity " + percent(score) + (item.match ? ", " + item.match : ""));
-      if (item.match) { scoreEl.dataset.match = item.match; node.dataset.match = item.match; }
-      scoreEl.classList.remove("hidden");
-    }
-    const more = node.querySelector(".more");
-    const failed = item.state === "failed";
-    if (failed) {
-      node.classList.add("failed");
-      more.disabled = true;
-      more.title = "Not indexed: " + (item.error || "could not be read");
-      open.disabled = true;
-      open.title = "Not indexed: " + (item.error || "could not be read");
-    } else {
-      more.setAttribute("aria-label", "More like " + name);
-      more.addEventListener("click", () => searchById(item));
-      open.addEventListener("click", () => searchById(item));
-    }
-    const link = node.querySelector(".open");
-    link.href = item.url;
-    link.setAttribute("aria-label", "Open the original of " + name);
-    link.addEventListener("click", (e) => openOriginal(e, item.url));
-    return node;
-  }
-
   function showMessage(el, text, kind) {
     el.textContent = text;
     el.className = "message " + (kind || "info");
@@ -240,6 +73,8 @@
     el.textContent = "";
     el.className = "message hidden";
   }
+
+  const showError = (text) => showMessage($("message"), text, "error");
 
   // -- search ----------------------------------------------------------------------------------------
   function beginSearch(label, thumbUrl) {
@@ -283,7 +118,7 @@
         : "No similar images found.", "info");
     } else {
       hideMessage($("message"));
-      for (const r of data.results) grid.appendChild(makeCard(r, r.score));
+      for (const r of data.results) grid.appendChild(makeCard(r, r.score, searchById, showError));
     }
     renderLegend(data.results.some((r) => r.match));
     const took = typeof data.took_ms === "number" ? " · " + data.took_ms + " ms" : "";
@@ -298,22 +133,6 @@
     }
     $("query-label").textContent = (q.path ? "to " + q.path : "to the uploaded " + (q.upload || "image"))
       + " · model " + data.model + took;
-  }
-
-  // What the score colours mean, under the results (only for models whose scores are calibrated).
-  function renderLegend(show) {
-    const legend = $("legend");
-    legend.classList.toggle("hidden", !show);
-    if (!show || legend.childElementCount) return;
-    for (const [match, text] of Object.entries(MATCH_TEXT)) {
-      const item = document.createElement("span");
-      const chip = document.createElement("span");
-      chip.className = "score";
-      chip.dataset.match = match;
-      chip.textContent = match;
-      item.append(chip, text);
-      legend.appendChild(item);
-    }
   }
 
   function failSearch(seq, err) {
@@ -365,9 +184,41 @@
   }
 
   // -- browse ----------------------------------------------------------------------------------------
+  // Cards per library page: as many as fill about three screens (12 on a phone, 48 on a desktop), so
+  // that a page on a phone is not a scroll of metres. Each size divides the next: an offset in an
+  // address (a bookmark, a rotated phone) is a page start whatever the screen.
+  const PAGE_SIZES = [12, 24, 48];
+  function pageSize() {
+    const grid = $("browse-grid");
+    const columns = getComputedStyle(grid).gridTemplateColumns.split(" ").filter(Boolean).length || 1;
+    const rowHeight = grid.clientWidth / columns + 110; // a square thumbnail, the name, folder and button
+    const fits = PAGE_SIZES.filter((n) => Math.ceil(n / columns) * rowHeight <= 3 * window.innerHeight);
+    return fits.length ? fits[fits.length - 1] : PAGE_SIZES[0];
+  }
+
+  // Only a change of width (a rotated phone, a resized window) counts: a phone's address bar that
+  // hides while scrolling changes the height, and must not reload the grid under the finger.
+  let resizeTimer = null;
+  let lastWidth = window.innerWidth;
+  window.addEventListener("resize", () => {
+    if (window.innerWidth === lastWidth) return;
+    lastWidth = window.innerWidth;
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      const size = pageSize();
+      if (size === browse.limit) return;
+      browse.limit = size;
+      browse.offset -= browse.offset % size;
+      writeUrl(false);
+      if (lastStatus) loadBrowse();
+    }, 200);
+  });
+
+  // Indexed images only (state=ok): a file that could not be indexed has no picture to show; the
+  // library says how many there are and links to their list.
   async function loadBrowse() {
     const seq = ++browseSeq;
-    const params = new URLSearchParams({ offset: String(browse.offset), limit: String(PAGE) });
+    const params = new URLSearchParams({ offset: String(browse.offset), limit: String(browse.limit), state: "ok" });
     if (browse.q) params.set("q", browse.q);
     let data;
     try {
@@ -380,7 +231,7 @@
     browse.total = data.total;
     const grid = $("browse-grid");
     grid.replaceChildren();
-    for (const item of data.images) grid.appendChild(makeCard(item, null));
+    for (const item of data.images) grid.appendChild(makeCard(item, null, searchById, showError));
     if (!data.total) {
       showMessage($("browse-message"), browse.q
         ? "No file or folder names contain “" + browse.q + "”."
@@ -409,12 +260,12 @@
     }, 250);
   });
   $("prev-page").addEventListener("click", () => {
-    browse.offset = Math.max(0, browse.offset - PAGE);
+    browse.offset = Math.max(0, browse.offset - browse.limit);
     writeUrl(false);
     loadBrowse();
   });
   $("next-page").addEventListener("click", () => {
-    if (browse.offset + PAGE < browse.total) browse.offset += PAGE;
+    if (browse.offset + browse.limit < browse.total) browse.offset += browse.limit;
     writeUrl(false);
     loadBrowse();
   });
@@ -438,83 +289,41 @@
     if (st.model) parts.push("model " + st.model);
     $("status-text").textContent = parts.join(" · ");
     el.title = st.last_error ? "Last problem: " + st.last_error : (st.library || "");
-    const failed = $("failed-link");
-    if (st.failed) {
-      failed.textContent = st.failed + " failed";
-      failed.classList.remove("hidden");
-    } else {
-      failed.classList.add("hidden");
-    }
+    $("failed-link").textContent = st.failed + " failed";
+    $("failed-link").classList.toggle("hidden", !st.failed);
+    $("browse-failed").classList.toggle("hidden", !st.failed);
+    $("browse-failed-count").textContent = st.failed === 1 ? "1 file could not be indexed and is"
+      : st.failed + " files could not be indexed and are";
     // Reload the library page when images were added, removed, renamed or re-embedded (the
     // revision changes; one added and one deleted leave the total as it was), but do not reshuffle
     // a full page under the reader's eyes while indexing runs: then only once it is idle again.
     const revision = st.revision !== undefined ? st.revision : String(total);
-    const pageFull = $("browse-grid").children.length >= PAGE;
+    const pageFull = $("browse-grid").children.length >= browse.limit;
     const reload = !lastStatus || (lastStatus.revision !== revision && (!pageFull || st.state === "idle"))
       || (lastStatus.state !== "idle" && st.state === "idle");
     lastStatus = { ...st, total, revision };
     if (reload) loadBrowse();
   }
 
+  let pollTimer = null;
   async function pollStatus() {
+    clearTimeout(pollTimer);
     try {
       renderStatus(await apiJson("/api/status"));
     } catch (e) {
       $("status").dataset.state = e.status === 401 ? "locked" : "unreachable";
-      $("status-text").textContent = e.status === 401 ? "Token needed" : friendly(e);
+      $("status-text").textContent = e.status !== 401 ? friendly(e) : isRefused() ? "Token refused" : "Token needed";
     } finally {
-      setTimeout(pollStatus, document.hidden ? 10000 : 2000);
+      clearTimeout(pollTimer); // a poll started by a saved token meanwhile: one timer only
+      pollTimer = setTimeout(pollStatus, document.hidden ? 10000 : 2000);
     }
   }
 
-  // -- failed files ----------------------------------------------------------------------------------
-  async function toggleErrors() {
-    const panel = $("errors-panel");
-    const open = panel.classList.contains("hidden");
-    panel.classList.toggle("hidden", !open);
-    $("failed-link").setAttribute("aria-expanded", String(open));
-    if (!open) return;
-    const list = $("errors-list");
-    list.replaceChildren();
-    try {
-      const data = await apiJson("/api/errors");
-      for (const item of data.errors) {
-        const li = document.createElement("li");
-        const path = document.createElement("code");
-        path.textContent = item.path;
-        const why = document.createElement("span");
-        why.className = "muted";
-        why.textContent = " — " + (item.error || "unknown error");
-        li.append(path, why);
-        list.appendChild(li);
-      }
-      if (!data.errors.length) list.textContent = "No failed files.";
-    } catch (e) {
-      list.textContent = friendly(e);
-    }
-    $("errors-close").focus();
-  }
-  $("failed-link").addEventListener("click", toggleErrors);
-  $("errors-close").addEventListener("click", () => {
-    $("errors-panel").classList.add("hidden");
-    $("failed-link").setAttribute("aria-expanded", "false");
-    $("failed-link").focus();
-  });
-
-  // -- token -----------------------------------------------------------------------------------------
-  function showTokenForm() {
-    const form = $("token-form");
-    if (!form.classList.contains("hidden")) return;
-    form.classList.remove("hidden");
-    $("token-input").focus();
-  }
-  $("token-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    token = $("token-input").value.trim();
-    try { localStorage.setItem(TOKEN_KEY, token); } catch (err) { /* private mode: keep it in memory */ }
-    $("token-form").classList.add("hidden");
+  // a token was entered: check it at once (the form stays until the server takes it), then reload
+  onTokenSaved(() => {
     lastStatus = null;
     $("status-text").textContent = "Connecting…";
+    pollStatus();
   });
 
   // -- upload: picker, drop, paste ------------------------------------------------------------------
@@ -559,6 +368,7 @@
     }
   });
 
+  browse.limit = pageSize();
   applyUrl();
   pollStatus();
 })();
