@@ -43,6 +43,9 @@ def _port(v):
     return None if 0 <= v <= 65535 else "must be a TCP port (0-65535)"
 
 
+# Decoded pixels above which an image is refused as a decompression bomb (the setting's default).
+MAX_IMAGE_PIXELS = 120_000_000
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("library", None, str, "The image folder to index (the library root)."),
     Setting("state_dir", None, str,
@@ -68,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("follow_symlinks", False, bool, "Follow symbolic links inside the library."),
     Setting("ignore", [], list, "Extra glob patterns (matched against names and relative paths) to skip."),
     Setting("max_upload_mb", 25.0, float, "Largest accepted upload, in MB (larger: HTTP 413).", check=_positive),
-    Setting("max_image_pixels", 120_000_000, int, "Images with more pixels are refused as decompression bombs.",
+    Setting("max_image_pixels", MAX_IMAGE_PIXELS, int, "Images with more pixels are refused as decompression bombs.",
             check=_positive),
     Setting("log_level", "INFO", str, "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -208,6 +211,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def http_url(host: str, port: int) -> str:
+    """http://HOST:PORT, with an IPv6 address in brackets."""
+    host = host.strip("[]")
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def state_base() -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from simd.config import MAX_IMAGE_PIXELS, Config
 from simd.errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Embedder:
     """
 
     def __init__(self, backbone: Any, *, descriptor: str | Descriptor = "default", batch_size: int = 32,
-                 max_pixels: int = 120_000_000, decode_workers: int | None = None):
+                 max_pixels: int = MAX_IMAGE_PIXELS, decode_workers: int | None = None):
         if isinstance(descriptor, str):
             descriptor = resolve_descriptor(descriptor, backbone.id)
         if descriptor.resize not in _FILTERS or descriptor.aspect not in ("squash", "crop") \
@@ -128,6 +129,19 @@ class Embedder:
         self.images_embedded = 0
         self._lock = threading.Lock()
         self._functions: dict[int, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, model: str | None = None, descriptor: str | None = None) -> Embedder:
+        """The embedder a config asks for (`model`, `descriptor`: override the config's), with real
+        weights; loads TensorFlow (threads set first, as TensorFlow takes them only then)."""
+        from simd.backbones import configure_tensorflow, load_backbone
+
+        if config.tf_threads:
+            configure_tensorflow(config.tf_threads)
+        backbone = load_backbone(model or config.model, weights=config.weights,
+                                 allow_download=config.weights_download)
+        return cls(backbone, descriptor=descriptor or config.descriptor, batch_size=config.batch_size,
+                   max_pixels=config.max_image_pixels)
 
     # -- public API
     def embed_files(self, paths: Iterable[str | os.PathLike]) -> list[np.ndarray | ImageError]:
@@ -170,7 +184,7 @@ class Embedder:
 
         image = open_image(data, name=name, max_pixels=self.max_pixels, draft_size=self._draft_size(),
                            apply_exif=self.descriptor.exif)
-        return self._embed_arrays([self._prepare(image)])[0]
+        return self.embed_image(image)
 
     # -- decoding (runs in the pool)
     def _draft_size(self) -> tuple[int, int] | None:
@@ -236,7 +250,7 @@ class Embedder:
     def _function(self, size: int) -> Any:
         if size in self._functions:
             return self._functions[size]
-        from simd.backbones import import_tf
+        from simd.backbones.tfruntime import import_tf
 
         tf = import_tf()
         d, backbone = self.descriptor, self.backbone

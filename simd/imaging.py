@@ -25,11 +25,12 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, features
 
+from simd.config import MAX_IMAGE_PIXELS
 from simd.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 120_000_000
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 _HEAD_BYTES = 256  # enough for every signature below, including an ftyp box's brand list
 _WHITE = (255, 255, 255)
 

@@ -111,17 +111,39 @@ def normalise_rel(path: str) -> str:
     return "/".join(parts)
 
 
+def load_index(store: Store, model: str, dim: int) -> VectorIndex:
+    """A new in-RAM index holding `model`'s stored vectors (`dim` when there are none yet)."""
+    ids, matrix = store.load_vectors(model)
+    vectors = VectorIndex(matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else dim)
+    if len(ids):
+        vectors.replace_all(ids, matrix)
+    return vectors
+
+
 class SearchService:
-    def __init__(self, db_path: Path, library_root: Path, state_dir: Path, vectors: VectorIndex,
-                 runtime: Runtime):
+    """Serves searches once `attach()` gave it the in-RAM index (and, for uploads, the embedder);
+    before that, status works and searches answer NotReady."""
+
+    def __init__(self, db_path: Path, library_root: Path, state_dir: Path, runtime: Runtime):
         self.db_path = Path(db_path)
         self.library_root = Path(library_root)
         self.state_dir = Path(state_dir)
-        self.vectors = vectors
+        self.vectors: VectorIndex | None = None
         self.runtime = runtime
         self._local = threading.local()
         self._uploads_embedded = 0  # query uploads sent through the network (not indexing work)
         self._uploads_lock = threading.Lock()
+
+    def attach(self, vectors: VectorIndex, *, embedder: Any = None, rescan: Callable[[], None] | None = None) -> None:
+        """Start serving: the index the indexer keeps in step, the embedder for uploads (None: uploads
+        answer NotReady) and what a rescan request calls."""
+        self.vectors = vectors
+        changes: dict[str, Any] = {"embedder": embedder}
+        if embedder is not None:
+            changes.update(model=embedder.model_id, dim=embedder.dim)
+        if rescan is not None:
+            changes["request_rescan"] = rescan
+        self.runtime.update(**changes)
 
     # -- store access: one read-only connection per thread (sqlite connections are not shared)
     def _store(self) -> Store:
@@ -179,6 +201,8 @@ class SearchService:
                 raise NotReady(f"{row['path']} is not indexed with {model} yet; try again shortly")
             query = {"id": row["id"], "path": row["path"], "version": version(row)}
             exclude = (row["id"],)
+        if self.vectors is None:
+            raise NotReady("the index is still loading; try again in a moment")
         hits = self.vectors.search(np.asarray(query_vec, dtype=np.float32), k, exclude_ids=exclude)
         results = []
         store = self._store()

@@ -204,14 +204,15 @@ class Watcher:
         self._thread = threading.Thread(target=self._run, name="simd-watcher-settle", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop and join every thread; paths not yet settled are dropped (the next reconcile has them)."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop and join every thread; True when all ended. Paths not yet settled are dropped (the
+        next reconcile has them)."""
         self._stopping.set()
+        settled = True
         if self._thread is not None:  # first, so that it cannot start another observer
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("watcher settle thread did not stop within %.1f s", timeout)
-        self._stop_observer(timeout)
+            settled = not self._thread.is_alive()
+        return self._stop_observer(timeout) and settled
 
     def is_alive(self) -> bool:
         """The settle thread runs and so does the observer, if one should (the systemd watchdog asks)."""
@@ -278,10 +279,9 @@ class Watcher:
         self._kind = "polling" if kind == "polling" else type(obs).__name__.lstrip("_").removesuffix("Observer").lower()
         log.info("watching %s (%s)", self._watch_path, self._kind)
 
-    def _stop_observer(self, timeout: float = 5.0) -> None:
+    def _stop_observer(self, timeout: float = 5.0) -> bool:
         obs, self._observer, self._kind = self._observer, None, "none"
-        if obs is not None:
-            _stop(obs, timeout)
+        return _stop(obs, timeout) if obs is not None else True
 
     def _root_identity(self) -> tuple[int, int] | None:
         try:
@@ -383,10 +383,12 @@ def _healthy(obs: BaseObserver) -> bool:
     return obs.is_alive() and all(e.is_alive() for e in tuple(obs.emitters)) and (fd is None or fd.is_alive())
 
 
-def _stop(obs: BaseObserver, timeout: float) -> None:
+def _stop(obs: BaseObserver, timeout: float) -> bool:
+    """Stop an observer; True when its thread ended (or never started)."""
     try:
         obs.stop()
         if obs.ident is not None:  # started
             obs.join(timeout)
     except Exception:
         log.exception("stopping the file observer failed")
+    return not obs.is_alive()

@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data
 
 import simd.backbones as bb
-from simd.backbones import lite0, resnet, torch_pickle
+from simd.backbones import lite0, resnet, tfruntime, torch_pickle
 from simd.errors import WeightsUnavailable
 
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -65,11 +65,11 @@ def test_tensorflow_import_noise_filter():
     info = b"I0000 00:00:1795530547.331304   11021 port.cc:153] oneDNN custom operations are on.\n"
     warning = b"W0000 00:00:1795530547.331304   11021 foo.cc:1] something odd\n"
     error = b"E0000 00:00:1795530547.331304   11021 foo.cc:1] broken\n"
-    assert bb._is_noise(info, 1) and bb._is_noise(info, 2)
-    assert not bb._is_noise(warning, 1) and bb._is_noise(warning, 2)
-    assert not bb._is_noise(error, 2)
-    assert bb._is_noise(b"WARNING: All log messages before absl::InitializeLog() is called are written\n", 2)
-    assert not bb._is_noise(b"Traceback (most recent call last):\n", 2)
+    assert tfruntime._is_noise(info, 1) and tfruntime._is_noise(info, 2)
+    assert not tfruntime._is_noise(warning, 1) and tfruntime._is_noise(warning, 2)
+    assert not tfruntime._is_noise(error, 2)
+    assert tfruntime._is_noise(b"WARNING: All log messages before absl::InitializeLog() is called are written\n", 2)
+    assert not tfruntime._is_noise(b"Traceback (most recent call last):\n", 2)
 
 
 # -- torch_pickle

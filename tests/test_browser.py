@@ -159,7 +159,7 @@ def local_server(tmp_path):
     try:
         yield env, server
     finally:
-        server.close()
+        server.stop()
 
 
 def test_page_against_local_server(browser, local_server, tmp_path):
@@ -362,7 +362,7 @@ def test_token_is_asked_once_and_kept(browser, tmp_path):
         watch.check()
         context.close()
     finally:
-        server.close()
+        server.stop()
 
 
 def test_failed_files_are_counted_apart_not_shown_as_cards(browser, local_server):
@@ -413,7 +413,7 @@ def token_server(tmp_path):
     try:
         yield env, server
     finally:
-        server.close()
+        server.stop()
 
 
 def test_a_refused_token_says_so_and_can_be_entered_again(browser, token_server):
@@ -491,7 +491,7 @@ def test_phone_page_is_a_few_screens_high(browser, tmp_path):
         watch.check()
         context.close()
     finally:
-        server.close()
+        server.stop()
 
 
 def test_dropping_a_phone_photo_finds_its_library_copy(browser, tmp_path, phone_jpeg, phone_heic):
@@ -550,7 +550,7 @@ def test_dropping_a_phone_photo_finds_its_library_copy(browser, tmp_path, phone_
         assert not watch.http_errors, watch.http_errors
         watch.check()
     finally:
-        server.close()
+        server.stop()
 
 
 # -- real: `simd serve` with the efficientnet-lite0 network ---------------------------------------------

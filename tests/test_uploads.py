@@ -41,7 +41,7 @@ def served(tmp_path, phone_jpeg, phone_heic):
     try:
         yield env, server.url
     finally:
-        server.close()
+        server.stop()
 
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:

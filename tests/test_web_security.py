@@ -13,7 +13,7 @@ from webfixtures import build_env, web_config
 
 from simd.errors import ConfigError
 from simd.web import CONTENT_SECURITY_POLICY, create_app
-from simd.web.server import Server, serve
+from simd.web.server import Server
 
 
 @pytest.fixture
@@ -55,8 +55,6 @@ def test_server_enforces_loopback_again(env):
     app = create_app(web_config(), env.service)  # a loopback config ...
     with pytest.raises(ConfigError, match="non-loopback"):
         Server(app, "0.0.0.0", 0)  # ... served on every interface: refused
-    with pytest.raises(ConfigError):
-        serve(app, "0.0.0.0", 0)
 
 
 # -- token -----------------------------------------------------------------------------------------
@@ -178,7 +176,7 @@ def server(env):
     srv = Server(create_app(web_config(max_upload_mb=0.5), env.service), "127.0.0.1", 0, threads=2)
     srv.start()
     yield srv
-    srv.close()
+    srv.stop()
 
 
 def test_server_binds_ephemeral_port_and_serves(server, env):
@@ -241,42 +239,23 @@ def _read_all(s) -> bytes:
     return b"".join(chunks)
 
 
-def test_server_close_from_another_thread(env):
+def test_server_stop_from_another_thread(env):
     srv = Server(create_app(web_config(), env.service), "127.0.0.1", 0, threads=2)
     port = srv.port
     t = threading.Thread(target=srv.run, name="test-serve")
     t.start()
     assert _http(f"http://127.0.0.1:{port}/healthz")[0] == 200
-    srv.close()
+    assert srv.stop()
     t.join(10)
     assert not t.is_alive()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    srv.close()  # twice is fine
+    assert srv.stop()  # twice is fine
 
 
-def test_serve_calls_ready_callback_and_stops(env):
-    app = create_app(web_config(), env.service)
-    got = {}
-    ready = threading.Event()
-
-    def on_ready(server):
-        got["server"] = server
-        ready.set()
-
-    t = threading.Thread(target=serve, args=(app, "127.0.0.1", 0, on_ready), name="test-serve")
-    t.start()
-    assert ready.wait(10)
-    srv = got["server"]
-    assert _http(f"{srv.url}/healthz")[2] == b'{"ok":true}\n'
-    srv.close()
-    t.join(10)
-    assert not t.is_alive()
-
-
-def test_close_before_run(env):
+def test_stop_before_run(env):
     srv = Server(create_app(web_config(), env.service), "127.0.0.1", 0)
-    srv.close()
+    srv.stop()
     srv.run()  # returns at once
 
 

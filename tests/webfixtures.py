@@ -97,10 +97,10 @@ def build_env(tmp_path: Path, count: int = 14, *, size=(320, 240)) -> WebEnv:
     state.mkdir(exist_ok=True)
     db = state / "simd.db"
     embedder = HistogramEmbedder()
-    runtime = Runtime(state="idle", model=MODEL, dim=embedder.dim, embedder=embedder)
+    runtime = Runtime(state="idle")
     env = WebEnv(library, state, db, None, runtime, embedder)  # type: ignore[arg-type]
-    runtime.request_rescan = lambda: env.rescans.append("rescan")
-    env.service = SearchService(db, library, state, VectorIndex(embedder.dim), runtime)
+    env.service = SearchService(db, library, state, runtime)
+    env.service.attach(VectorIndex(embedder.dim), embedder=embedder, rescan=lambda: env.rescans.append("rescan"))
     with Store(db) as store, store.batch():
         for i in range(count):
             sub = "holiday" if i % 3 == 0 else "garden"

@@ -163,7 +163,7 @@ def download() -> Path:
     The file is downloaded into a temporary directory next to the cache and moved in only once
     complete and verified, so a failed download never leaves (or deletes) a file in the cache.
     """
-    from simd.backbones import import_tf
+    from simd.backbones.tfruntime import import_tf
 
     import_tf()
     import keras
@@ -211,7 +211,7 @@ def build(weights_path: str | os.PathLike | None, *, input_shape: tuple = (None,
     only for tests and benchmarks. The spatial input size is left open so multi-scale descriptors
     can reuse the same model; the embedder's tf.function fixes the shape per call signature.
     """
-    from simd.backbones import import_tf
+    from simd.backbones.tfruntime import import_tf
 
     import_tf()
     import keras

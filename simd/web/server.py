@@ -1,11 +1,11 @@
 """Serve the app with waitress, bound explicitly (waitress binds every interface by default).
 
     server = Server(app, "127.0.0.1", 0)   # binds now; port 0 picks a free port
-    server.start()                         # serves from a background thread
+    server.start()                         # serves from a background thread (or run(): blocks)
     ... server.port, server.url ...
-    server.close()                         # from any thread: stops accepting, ends run()
+    server.stop()                          # from any thread: stops accepting, ends run()
 
-or `serve(app, host, port, ready_callback)`, which blocks until `close()`.
+The same lifecycle as the daemon's other threads: start(), stop(timeout) -> bool, is_alive().
 
 waitress answers some requests itself (a body over its limit, a malformed request, a crash in the
 app); those answers use the API's JSON error shape too.
@@ -18,14 +18,13 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable
 
 import waitress
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
-from simd.config import is_loopback
+from simd.config import http_url, is_loopback
 from simd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -141,11 +140,10 @@ class Server:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     def run(self) -> None:
-        """Serve until `close()` (blocks)."""
+        """Serve until `stop()` (blocks)."""
         with self._lock:
             if self._closing:
                 self._stopped.set()
@@ -166,8 +164,9 @@ class Server:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._closing
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop serving; safe from any thread and more than once. Waits for run() to return."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop serving; safe from any thread and more than once. Waits for run() to return; True
+        when it did (or never ran)."""
         with self._lock:
             if self._closing:
                 already = True
@@ -186,6 +185,7 @@ class Server:
                 log.warning("the HTTP server did not stop within %.0f s", timeout)
         if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
 
     def _close_all(self) -> None:
         for obj in list(self._map.values()):
@@ -195,13 +195,3 @@ class Server:
                 pass
         self._map.clear()
 
-
-def serve(app, host: str = "127.0.0.1", port: int = 8765,
-          ready_callback: Callable[[Server], None] | None = None, *, threads: int = DEFAULT_THREADS) -> None:
-    """Bind, call `ready_callback(server)` (it can read `server.port` and keep `server` to close it
-    from another thread), then serve until `server.close()`."""
-    server = Server(app, host, port, threads=threads)
-    log.info("serving on %s", server.url)
-    if ready_callback is not None:
-        ready_callback(server)
-    server.run()

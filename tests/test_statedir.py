@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from simd.errors import SimdError
-from simd.statelock import StateLock, holder
+from simd.statedir import StateLock, holder
 
 
 def test_second_holder_is_refused_with_who_holds_it(tmp_path):
@@ -24,7 +24,7 @@ def test_second_holder_is_refused_with_who_holds_it(tmp_path):
 
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
-    code = ("import os, sys; from simd.statelock import StateLock; "
+    code = ("import os, sys; from simd.statedir import StateLock; "
             f"StateLock({str(tmp_path)!r}).acquire(role='index'); os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", code], check=False)
     assert holder(tmp_path) is None
