@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from simd import config as cfg
@@ -13,8 +12,8 @@ from simd.embedder import Embedder
 from simd.errors import NotFound, SimdError
 from simd.ignore import IgnoreRules
 from simd.progress import ProgressBar
-from simd.search import Runtime, SearchService, load_index
-from simd.statedir import StateDir, db_path, find_state_dir, is_inside
+from simd.search import SearchService
+from simd.statedir import StateDir, db_path, find_state_dir
 from simd.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,19 +51,6 @@ def cmd_index(config: cfg.Config, args) -> int:
 
 
 # -- read-only commands: find the index first
-def open_service(state: Path, embedder=None) -> SearchService:
-    """A search service over the index in `state` (read-only), as the daemon would serve it."""
-    with Store(db_path(state), readonly=True) as store:
-        model, root = store.get_meta("model"), store.get_meta("library_root")
-        if not model:
-            raise NotFound(f"the index in {state} is empty; run `simd index` first")
-        vectors = load_index(store, model, embedder.dim if embedder else 1)
-    service = SearchService(db_path(state), Path(root or "."), state, Runtime(state="idle", model=model))
-    service.attach(vectors, embedder=embedder)
-    service.runtime.update(model=model, dim=vectors.dim)
-    return service
-
-
 def cmd_query(config: cfg.Config, args) -> int:
     from simd.search import parse_k
 
@@ -73,8 +59,8 @@ def cmd_query(config: cfg.Config, args) -> int:
     if not image.exists():
         raise NotFound(f"{image}: no such file")
     state_dir = find_state_dir(config, getattr(args, "library", None), image)
-    service = open_service(state_dir)
-    rel = _indexed_rel(service, image)
+    service = SearchService.open(state_dir)
+    rel = service.indexed_rel(image)
     if rel is not None:
         result = service.similar(path=rel, k=k)
     else:
@@ -106,20 +92,6 @@ def _read_query_image(image: Path) -> bytes:
         raise SimdError(f"{image}: cannot read: {e.strerror or e}") from None
     imaging.open_image(data, name=str(image), draft_size=(256, 256))  # ImageError: what is wrong with it
     return data
-
-
-def _indexed_rel(service: SearchService, image: Path) -> str | None:
-    """The library-relative path of IMAGE when it is indexed and unchanged since; else None."""
-    root = os.path.realpath(service.library_root)
-    real = os.path.realpath(image)
-    if not is_inside(root, real) or real == root:
-        return None
-    rel = os.path.relpath(real, root).replace(os.sep, "/")
-    row = service._store().get_by_path(rel)
-    if row is None or row["state"] != "ok" or row["model"] != service.runtime.model:
-        return None
-    st = os.stat(real)
-    return rel if (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"]) else None
 
 
 def cmd_status(config: cfg.Config, args) -> int:

@@ -20,7 +20,8 @@ from simd import config as cfg
 from simd import notify
 from simd.embedder import Embedder
 from simd.ignore import IgnoreRules
-from simd.search import Runtime, SearchService, load_index
+from simd.runtime import Runtime
+from simd.search import SearchService, load_index
 from simd.statedir import StateDir
 from simd.store import Store
 from simd.watcher import Watcher
@@ -50,7 +51,7 @@ class Daemon:
     def __init__(self, config: cfg.Config):
         self.config = config
         self.stop_event = threading.Event()
-        self.runtime = Runtime(state="starting")
+        self.runtime = Runtime()
         self.server: Server | None = None
         self.worker: IndexWorker | None = None
         self.watcher: Watcher | None = None
@@ -94,6 +95,7 @@ class Daemon:
                                            follow_symlinks=self.config.follow_symlinks,
                                            on_deleted=ThumbCache(state_dir.path / "thumbs").forget)
         service.attach(vectors, embedder=embedder, rescan=lambda: worker.request_full("rescan requested"))
+        self.runtime.update(model=embedder.model_id, dim=embedder.dim)
         worker.start()
         # Watch first, then walk: a change made during the startup walk is then seen by one or the other.
         self.watcher = Watcher(root, worker.submit, settle_seconds=self.config.settle_seconds,

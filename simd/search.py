@@ -12,13 +12,15 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simd.errors import BadRequest, NotFound, NotReady
+from simd.paths import real_path_inside
+from simd.runtime import Runtime
+from simd.statedir import db_path
 from simd.store import Store
 from simd.vectors import VectorIndex
 
@@ -38,38 +40,6 @@ def match_label(model: str, score: float) -> str | None:
     if bands is None:
         return None
     return "near-duplicate" if score >= bands[0] else "similar" if score >= bands[1] else "weak"
-STATES = ("starting", "scanning", "indexing", "idle", "offline")
-
-
-@dataclass
-class Runtime:
-    """What the daemon is doing now; written by the daemon/indexer threads, read by requests."""
-
-    state: str = "starting"
-    pending: int = 0
-    model: str | None = None
-    dim: int | None = None
-    progress: dict | None = None  # the current reconcile: {"phase", "done", "total", "started_at"}
-    last_error: str | None = None
-    embedder: Any = None  # set once the model is loaded; uploads need it
-    request_rescan: Callable[[], None] = field(default=lambda: None)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def update(self, **changes) -> None:
-        with self._lock:
-            for key, value in changes.items():
-                if not hasattr(self, key) or key.startswith("_"):
-                    raise AttributeError(key)
-                setattr(self, key, value)
-
-    def add_pending(self, n: int) -> None:
-        with self._lock:  # the watcher thread adds while the indexer thread counts down
-            self.pending = max(self.pending + n, 0)
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {"state": self.state, "pending": self.pending, "model": self.model, "dim": self.dim,
-                    "progress": dict(self.progress) if self.progress else None, "last_error": self.last_error}
 
 
 def _int_param(name: str, value: Any, default: int, lo: int, hi: int | None) -> int:
@@ -130,20 +100,44 @@ class SearchService:
         self.state_dir = Path(state_dir)
         self.vectors: VectorIndex | None = None
         self.runtime = runtime
+        self._embedder: Any = None
+        self._rescan: Callable[[], None] = lambda: None
         self._local = threading.local()
         self._uploads_embedded = 0  # query uploads sent through the network (not indexing work)
         self._uploads_lock = threading.Lock()
 
+    @classmethod
+    def open(cls, state_dir: Path) -> SearchService:
+        """A service over the index in `state_dir` as it is on disk (for `simd query`): the active
+        model's vectors attached, no embedder (attach one to search by uploads)."""
+        with Store(db_path(state_dir), readonly=True) as store:
+            model, root = store.get_meta("model"), store.get_meta("library_root")
+            if not model:
+                raise NotFound(f"the index in {state_dir} is empty; run `simd index` first")
+            vectors = load_index(store, model, 1)
+        service = cls(db_path(state_dir), Path(root or "."), state_dir, Runtime("idle", model=model, dim=vectors.dim))
+        service.attach(vectors)
+        return service
+
+    def indexed_rel(self, image: Path) -> str | None:
+        """The library-relative path of `image` when it is indexed with the active model and
+        unchanged since; else None."""
+        real = real_path_inside(self.library_root, os.path.abspath(image))
+        if real is None:
+            return None
+        rel = os.path.relpath(real, os.path.realpath(self.library_root)).replace(os.sep, "/")
+        row = self._store().get_by_path(rel)
+        if row is None or row["state"] != "ok" or row["model"] != self.runtime.model:
+            return None
+        st = os.stat(real)
+        return rel if (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"]) else None
+
     def attach(self, vectors: VectorIndex, *, embedder: Any = None, rescan: Callable[[], None] | None = None) -> None:
         """Start serving: the index the indexer keeps in step, the embedder for uploads (None: uploads
-        answer NotReady) and what a rescan request calls."""
+        answer NotReady) and what a rescan request calls (None: nothing)."""
         self.vectors = vectors
-        changes: dict[str, Any] = {"embedder": embedder}
-        if embedder is not None:
-            changes.update(model=embedder.model_id, dim=embedder.dim)
-        if rescan is not None:
-            changes["request_rescan"] = rescan
-        self.runtime.update(**changes)
+        self._embedder = embedder
+        self._rescan = rescan or (lambda: None)
 
     # -- store access: one read-only connection per thread (sqlite connections are not shared)
     def _store(self) -> Store:
@@ -158,7 +152,7 @@ class SearchService:
             uploads = self._uploads_embedded
         counts = self._store().counts(snap["model"])
         return {
-            "state": snap["state"],
+            "state": snap["phase"],
             "indexed": counts["indexed"],
             "pending": snap["pending"] + counts.get("stale", 0),
             "failed": counts["failed"],
@@ -169,10 +163,10 @@ class SearchService:
             "revision": counts["revision"],  # the page reloads its library grid when this changes
             "progress": snap["progress"],
             "last_error": snap["last_error"],
-            "library_online": snap["state"] != "offline",
+            "library_online": snap["phase"] != "offline",
             # library images sent through the network since start (renames and moves must not
             # raise it), and uploads embedded to answer queries, apart
-            "embedded": max(0, getattr(self.runtime.embedder, "images_embedded", 0) - uploads),
+            "embedded": max(0, getattr(self._embedder, "images_embedded", 0) - uploads),
             "uploads_embedded": uploads,
         }
 
@@ -183,7 +177,7 @@ class SearchService:
             raise NotReady("the model is still loading; try again in a moment")
         started = time.perf_counter()
         if data is not None:
-            embedder = self.runtime.embedder
+            embedder = self._embedder
             if embedder is None:
                 raise NotReady("the model is still loading; try again in a moment")
             query_vec = embedder.embed_bytes(data, name)  # one that does not decode is not counted
@@ -256,9 +250,8 @@ class SearchService:
     def resolve_file(self, image_id: Any) -> Path:
         """The real path of an indexed image, only if it lies inside the library's real root."""
         row = self.get_image(image_id)
-        root = os.path.realpath(self.library_root)
-        real = os.path.realpath(os.path.join(root, *row["path"].split("/")))
-        if os.path.commonpath([root, real]) != root or real == root or not os.path.isfile(real):
+        real = real_path_inside(self.library_root, os.path.join(*row["path"].split("/")))
+        if real is None or not os.path.isfile(real):
             raise NotFound(f"image {row['id']} is not available")
         return Path(real)
 
@@ -272,9 +265,8 @@ class SearchService:
         named .jpg is not). Asked only of files that could not be indexed."""
         from simd.imaging import CONTENT_TYPES, sniff_format  # Pillow: not at import time of the CLI
 
-        root = os.path.realpath(self.library_root)
-        real = os.path.realpath(os.path.join(root, *path.split("/")))
-        if os.path.commonpath([root, real]) != root or real == root:
+        real = real_path_inside(self.library_root, os.path.join(*path.split("/")))
+        if real is None:
             return False
         try:
             # O_NONBLOCK: a FIFO in the library must not hang the request (a regular file ignores it)
@@ -289,7 +281,7 @@ class SearchService:
             os.close(fd)
 
     def rescan(self) -> None:
-        self.runtime.request_rescan()
+        self._rescan()
 
 
 def _public(row: dict) -> dict:

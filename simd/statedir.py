@@ -21,6 +21,7 @@ from pathlib import Path
 
 from simd import config as cfg
 from simd.errors import ConfigError, SimdError
+from simd.paths import is_inside
 from simd.store import Store
 
 DB_NAME = "index.db"
@@ -29,12 +30,6 @@ LOCK_NAME = "simd.lock"
 
 def db_path(state_dir: Path) -> Path:
     return Path(state_dir) / DB_NAME
-
-
-def is_inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
-    """Whether `path` is `root` or lies under it, both taken as real paths (symlinks resolved)."""
-    real_root, real = os.path.realpath(root), os.path.realpath(path)
-    return os.path.commonpath([real_root, real]) == real_root
 
 
 @dataclass

@@ -16,8 +16,8 @@ from pathlib import Path
 from simd.errors import LibraryOffline
 from simd.ignore import IgnoreRules
 from simd.indexer import Reconciler
+from simd.runtime import Runtime
 from simd.scanner import has_entries
-from simd.search import Runtime
 from simd.store import Store
 from simd.vectors import VectorIndex
 
@@ -73,9 +73,9 @@ class IndexWorker:
     def _progress(self, phase: str, done: int, total: int) -> None:
         self._beat()
         if phase == "scanning":
-            self.runtime.update(state="scanning", progress={"phase": "scanning", "done": 0, "total": 0})
+            self.runtime.update(phase="scanning", progress={"phase": "scanning", "done": 0, "total": 0})
         elif phase == "indexing":
-            self.runtime.update(state="indexing" if total else "scanning", pending=max(total - done, 0),
+            self.runtime.update(phase="indexing" if total else "scanning", pending=max(total - done, 0),
                                 progress={"phase": "indexing", "done": done, "total": total})
 
     def _run(self) -> None:
@@ -119,11 +119,11 @@ class IndexWorker:
         except LibraryOffline as e:
             log.warning("%s", e)
             self._offline_since = time.monotonic()
-            self.runtime.update(state="offline", pending=0, progress=None, last_error=str(e))
+            self.runtime.update(phase="offline", pending=0, progress=None, last_error=str(e))
             return
         except Exception as e:  # a bug or a resource error must not kill the only writer
             log.exception("reconcile failed")
-            self.runtime.update(state="idle", pending=0, progress=None, last_error=f"reconcile failed: {e}")
+            self.runtime.update(phase="idle", pending=0, progress=None, last_error=f"reconcile failed: {e}")
             return
         finally:
             self._beat()
@@ -132,7 +132,7 @@ class IndexWorker:
         if summary.interrupted:
             return
         still_queued = self._queue.qsize()
-        self.runtime.update(state="idle" if not still_queued else "scanning", pending=0, progress=None)
+        self.runtime.update(phase="idle" if not still_queued else "scanning", pending=0, progress=None)
         if paths is None or summary.did_something:  # a full reconcile always says what it found
             log.info("%s: %s (%.1f s)", "reconcile" if paths is None else "indexed", summary.describe(),
                      summary.seconds)

@@ -172,11 +172,11 @@ def test_page_against_local_server(browser, local_server, tmp_path):
     assert (first, first_score) == ("photo06.jpg", "100.0%")  # the same picture is found first
 
     # the status line follows the daemon
-    env.runtime.update(state="indexing", pending=3, progress={"phase": "indexing", "done": 2, "total": 5})
+    env.runtime.update(phase="indexing", pending=3, progress={"phase": "indexing", "done": 2, "total": 5})
     expect(page.locator("#status-text")).to_contain_text("Indexing", timeout=10_000)
     expect(page.locator("#status-text")).to_contain_text("2/5")
     expect(page.get_by_test_id("status")).to_have_attribute("data-state", "indexing")
-    env.runtime.update(state="idle", pending=0, progress=None)
+    env.runtime.update(phase="idle", pending=0, progress=None)
     expect(page.get_by_test_id("status")).to_have_attribute("data-state", "idle", timeout=10_000)
 
     # failed files: the status line links to the list; the library counts indexed images only
@@ -212,13 +212,15 @@ def test_page_against_local_server(browser, local_server, tmp_path):
     error_shot = shot(page, "browser-local-error.png")
 
     # not ready: 503 explained
-    env.runtime.update(model=None, embedder=None, state="starting")
+    env.runtime.update(model=None, phase="starting")
+    env.service.attach(env.service.vectors, embedder=None)  # the model is still loading
     page.get_by_test_id("file-input").set_input_files(str(upload))
     expect(page.get_by_test_id("message")).to_contain_text("Not ready yet")
 
     # a narrow screen still works (responsive grid)
     page.set_viewport_size({"width": 420, "height": 900})
-    env.runtime.update(model="histogram-test", embedder=env.embedder, state="idle")
+    env.runtime.update(model="histogram-test", phase="idle")
+    env.service.attach(env.service.vectors, embedder=env.embedder)
     page.get_by_test_id("file-input").set_input_files(str(upload))
     expect(results(page)).to_have_count(10)
     mobile_shot = shot(page, "browser-local-narrow.png")

@@ -263,7 +263,8 @@ def test_an_upload_with_id_or_path_is_refused_not_half_understood(client, env):
 
 
 def test_503_before_the_model_is_ready(client, env):
-    env.runtime.update(model=None, embedder=None, state="starting")
+    env.runtime.update(model=None, phase="starting")
+    env.service.attach(env.service.vectors, embedder=None)  # the model is still loading
     data = env.path_of("garden/photo04.jpg").read_bytes()
     assert_error(client.post("/api/similar", data=data, content_type="image/jpeg"), 503, "not_ready")
     assert_error(client.get(f"/api/similar?id={env.ids['garden/photo04.jpg']}"), 503, "not_ready")
@@ -590,7 +591,7 @@ def test_api_responses_are_not_cached(client):
 
 
 def test_status_reports_progress(client, env):
-    env.runtime.update(state="indexing", pending=3,
+    env.runtime.update(phase="indexing", pending=3,
                        progress={"phase": "indexing", "done": 2, "total": 5, "started_at": time.time()})
     st = client.get("/api/status").get_json()
     assert st["state"] == "indexing" and st["pending"] == 3 and st["progress"]["total"] == 5

@@ -12,7 +12,8 @@ import pytest
 from webfixtures import build_env, web_config
 
 from simd.errors import ConfigError
-from simd.web import CONTENT_SECURITY_POLICY, create_app
+from simd.web import create_app
+from simd.web.context import CONTENT_SECURITY_POLICY
 from simd.web.server import Server
 
 

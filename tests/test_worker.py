@@ -9,7 +9,7 @@ import time
 from images import make_photo
 
 from simd.ignore import IgnoreRules
-from simd.search import Runtime
+from simd.runtime import Runtime
 from simd.vectors import VectorIndex
 from simd.worker import IndexWorker
 from tests.fakes import PixelEmbedder

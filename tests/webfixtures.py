@@ -18,7 +18,8 @@ from images import make_photo
 
 from simd.config import Config
 from simd.imaging import open_image
-from simd.search import Runtime, SearchService
+from simd.runtime import Runtime
+from simd.search import SearchService
 from simd.store import Store
 from simd.vectors import VectorIndex
 
@@ -97,7 +98,7 @@ def build_env(tmp_path: Path, count: int = 14, *, size=(320, 240)) -> WebEnv:
     state.mkdir(exist_ok=True)
     db = state / "simd.db"
     embedder = HistogramEmbedder()
-    runtime = Runtime(state="idle")
+    runtime = Runtime("idle", model=MODEL, dim=embedder.dim)
     env = WebEnv(library, state, db, None, runtime, embedder)  # type: ignore[arg-type]
     env.service = SearchService(db, library, state, runtime)
     env.service.attach(VectorIndex(embedder.dim), embedder=embedder, rescan=lambda: env.rescans.append("rescan"))

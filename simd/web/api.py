@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from simd import imaging
 from simd.errors import BadRequest, ImageError, NotFound, TooLarge
 from simd.search import parse_k, parse_min_score
-from simd.web import service, state
+from simd.web.context import context, service
 
 bp = Blueprint("api", __name__)
 
@@ -55,7 +55,7 @@ def healthz():
 @bp.get("/api/status")
 def status():
     out = service().status()
-    out.setdefault("max_upload_mb", state().config.max_upload_mb)
+    out.setdefault("max_upload_mb", context().config.max_upload_mb)
     return out
 
 
@@ -92,7 +92,7 @@ def _similar_links(out: dict) -> dict:
 
 def _read_upload() -> tuple[bytes, str]:
     """The uploaded bytes, read into memory under the cap (multipart field `image`, or the raw body)."""
-    cap = state().max_upload_bytes
+    cap = context().max_upload_bytes
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("image")
         if upload is None:
@@ -103,7 +103,7 @@ def _read_upload() -> tuple[bytes, str]:
         data = request.stream.read(cap + 1)
         name = os.path.basename((request.args.get("name") or "").replace("\\", "/")) or "upload"
     if len(data) > cap:
-        raise TooLarge(f"the upload is larger than the {state().config.max_upload_mb:g} MB limit")
+        raise TooLarge(f"the upload is larger than the {context().config.max_upload_mb:g} MB limit")
     if not data and request.mimetype != "multipart/form-data":
         raise BadRequest("no image in the request: send it as the request body or as the multipart field 'image'")
     if not data:
@@ -146,7 +146,7 @@ def image_thumb(image_id: str):
     iid = _image_id(image_id)
     real = service().resolve_file(iid)
     try:
-        thumb = state().thumbs.get(iid, real)
+        thumb = context().thumbs.get(iid, real)
     except ImageError as e:  # never show the server's absolute paths to a client
         raise ImageError(service().get_image(iid)["path"], e.reason) from None
     fh, st = _open_regular(thumb, iid)

@@ -26,6 +26,7 @@ from waitress.task import ErrorTask
 
 from simd.config import http_url, is_loopback
 from simd.errors import ConfigError
+from simd.web.context import HTTP_CODES, SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ class _JsonErrorTask(ErrorTask):
     """waitress's own error answers (400, 413, 431, 500...) in the API's JSON shape."""
 
     def execute(self):
-        from simd.web import HTTP_CODES, SECURITY_HEADERS
-
         e = self.request.error
         message = e.reason if not e.body else f"{e.reason}: {e.body}"
         if e.code == 413:

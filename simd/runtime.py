@@ -1,0 +1,38 @@
+"""What the daemon is doing now: its phase and progress, written by the daemon's threads and read
+by requests (`GET /api/status`). Status fields only; the search service holds the index and model."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+PHASES = ("starting", "scanning", "indexing", "idle", "offline")  # `state` in /api/status
+
+
+@dataclass
+class Runtime:
+    phase: str = "starting"
+    pending: int = 0
+    model: str | None = None
+    dim: int | None = None
+    progress: dict | None = None  # the current reconcile: {"phase", "done", "total", "started_at"}
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def update(self, **changes) -> None:
+        if "phase" in changes and changes["phase"] not in PHASES:
+            raise ValueError(f"unknown phase {changes['phase']!r}")
+        with self._lock:
+            for key, value in changes.items():
+                if not hasattr(self, key) or key.startswith("_"):
+                    raise AttributeError(key)
+                setattr(self, key, value)
+
+    def add_pending(self, n: int) -> None:
+        with self._lock:  # the watcher thread adds while the indexer thread counts down
+            self.pending = max(self.pending + n, 0)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"phase": self.phase, "pending": self.pending, "model": self.model, "dim": self.dim,
+                    "progress": dict(self.progress) if self.progress else None, "last_error": self.last_error}
