@@ -29,10 +29,12 @@ def _common(p: argparse.ArgumentParser, *, library: bool = False, model: bool = 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="simd", description="simd, the similar-image daemon: index a photo folder by what its pictures "
+        prog="simd",
+        description="simd, the similar-image daemon: index a photo folder by what its pictures "
         "look like and ask which images look most like one.",
         epilog="Settings (config file key, environment variable, default):\n" + cfg.describe(),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--version", action="version", version=f"simd {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -81,8 +83,12 @@ def load_config(args: argparse.Namespace) -> cfg.Config:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,4 +149,3 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-

@@ -36,8 +36,15 @@ def cmd_index(config: cfg.Config, args) -> int:
             try:
                 with store.batch():
                     store.set_meta("model", embedder.model_id)
-                reconciler = Reconciler(state_dir.root, store, embedder, None, IgnoreRules(config.ignore),
-                                        follow_symlinks=config.follow_symlinks, on_progress=bar.update)
+                reconciler = Reconciler(
+                    state_dir.root,
+                    store,
+                    embedder,
+                    None,
+                    IgnoreRules(config.ignore),
+                    follow_symlinks=config.follow_symlinks,
+                    on_progress=bar.update,
+                )
                 summary = reconciler.run()
             finally:
                 bar.close()
@@ -45,8 +52,9 @@ def cmd_index(config: cfg.Config, args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{state_dir.root}: {summary.describe()}; {result['seconds']:.1f} s, "
-              f"{result['images_per_s']:.1f} images/s")
+        print(
+            f"{state_dir.root}: {summary.describe()}; {result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s"
+        )
     return 0
 
 
@@ -102,15 +110,19 @@ def cmd_status(config: cfg.Config, args) -> int:
         print(json.dumps(status))
         return 0
     if status.get("needs_token"):
-        note = (f" (a simd daemon runs at {status['url']}, but it needs its token for live figures: set "
-                "SIMD_TOKEN; these are the stored ones)")
+        note = (
+            f" (a simd daemon runs at {status['url']}, but it needs its token for live figures: set "
+            "SIMD_TOKEN; these are the stored ones)"
+        )
     elif not status["daemon"]:
         note = " (no simd daemon is running for it)"
     else:
         note = ""
-    print(f"library  {status['library']}\nstate    {status['state']}{note}\n"
-          f"indexed  {status['indexed']}\npending  {status['pending']}\nfailed   {status['failed']}\n"
-          f"model    {status['model'] or '-'}\nindex    {db_path(state_dir)}")
+    print(
+        f"library  {status['library']}\nstate    {status['state']}{note}\n"
+        f"indexed  {status['indexed']}\npending  {status['pending']}\nfailed   {status['failed']}\n"
+        f"model    {status['model'] or '-'}\nindex    {db_path(state_dir)}"
+    )
     return 0
 
 
@@ -122,10 +134,19 @@ def _stored_status(state_dir: Path, live: dict | None) -> dict:
         counts, dim = store.counts(model), store.model_dim(model)
     # (with a daemon we may not ask, its phase is unknown: the human output says so, and --json keeps
     # the documented states)
-    return {"state": "idle" if root and Path(root).is_dir() else "offline", "indexed": counts["indexed"],
-            "pending": counts.get("stale", 0), "failed": counts["failed"], "model": model or "", "dim": dim,
-            "library": root, "total": counts["total"], "revision": counts["revision"], "daemon": False,
-            **(live or {})}
+    return {
+        "state": "idle" if root and Path(root).is_dir() else "offline",
+        "indexed": counts["indexed"],
+        "pending": counts.get("stale", 0),
+        "failed": counts["failed"],
+        "model": model or "",
+        "dim": dim,
+        "library": root,
+        "total": counts["total"],
+        "revision": counts["revision"],
+        "daemon": False,
+        **(live or {}),
+    }
 
 
 def cmd_errors(config: cfg.Config, args) -> int:
@@ -133,8 +154,10 @@ def cmd_errors(config: cfg.Config, args) -> int:
     with Store(db_path(state_dir), readonly=True) as store:
         rows = store.errors()
     if args.json:
-        items = [{"id": r["id"], "path": r["path"], "error": r["error"], "size": r["size"],
-                  "mtime": r["mtime_ns"] / 1e9} for r in rows]
+        items = [
+            {"id": r["id"], "path": r["path"], "error": r["error"], "size": r["size"], "mtime": r["mtime_ns"] / 1e9}
+            for r in rows
+        ]
         print(json.dumps({"errors": items, "total": len(items)}))
         return 0
     if not rows:

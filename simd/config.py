@@ -48,31 +48,62 @@ MAX_IMAGE_PIXELS = 120_000_000
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("library", None, str, "The image folder to index (the library root)."),
-    Setting("state_dir", None, str,
-            "Where the index and thumbnails live; default $XDG_STATE_HOME/simd/<library name>-<hash>."),
+    Setting(
+        "state_dir",
+        None,
+        str,
+        "Where the index and thumbnails live; default $XDG_STATE_HOME/simd/<library name>-<hash>.",
+    ),
     Setting("host", "127.0.0.1", str, "Address the HTTP server binds to. Non-loopback needs allow_remote and token."),
     Setting("port", 8765, int, "TCP port of the HTTP server.", check=_port),
     Setting("allow_remote", False, bool, "Allow binding to a non-loopback address (requires token)."),
     Setting("token", None, str, "Bearer token required on every API request when set."),
-    Setting("model", "auto", str, "Backbone: auto (ResNet50 if its weights can be had, else "
-            "efficientnet-lite0), resnet50 or efficientnet-lite0.", choices=MODELS),
+    Setting(
+        "model",
+        "auto",
+        str,
+        "Backbone: auto (ResNet50 if its weights can be had, else efficientnet-lite0), resnet50 or efficientnet-lite0.",
+        choices=MODELS,
+    ),
     Setting("weights", None, str, "Path to ResNet50 notop ImageNet weights (.h5); skips the Keras cache/download."),
     Setting("weights_download", True, bool, "Let --model auto/resnet50 download ResNet50 weights through Keras."),
-    Setting("descriptor", "default", str, "How an image becomes a vector: default (tuned) or seed "
-            "(the original method: squashed 224x224, GAP; for comparisons).", choices=DESCRIPTORS),
+    Setting(
+        "descriptor",
+        "default",
+        str,
+        "How an image becomes a vector: default (tuned) or seed "
+        "(the original method: squashed 224x224, GAP; for comparisons).",
+        choices=DESCRIPTORS,
+    ),
     Setting("batch_size", 32, int, "Images per model call.", check=_positive),
     Setting("tf_threads", 0, int, "TensorFlow intra/inter-op threads (0: TensorFlow's default).", check=_non_negative),
-    Setting("settle_seconds", 2.0, float, "A changed file is indexed once quiet and stable for this long.",
-            check=_non_negative),
-    Setting("reconcile_interval", 3600.0, float, "Seconds between full reconcile scans (0: never).",
-            check=_non_negative),
-    Setting("observer", "auto", str, "File watching: auto (polling on network filesystems), native or polling.",
-            choices=("auto", "native", "polling")),
+    Setting(
+        "settle_seconds",
+        2.0,
+        float,
+        "A changed file is indexed once quiet and stable for this long.",
+        check=_non_negative,
+    ),
+    Setting(
+        "reconcile_interval", 3600.0, float, "Seconds between full reconcile scans (0: never).", check=_non_negative
+    ),
+    Setting(
+        "observer",
+        "auto",
+        str,
+        "File watching: auto (polling on network filesystems), native or polling.",
+        choices=("auto", "native", "polling"),
+    ),
     Setting("follow_symlinks", False, bool, "Follow symbolic links inside the library."),
     Setting("ignore", [], list, "Extra glob patterns (matched against names and relative paths) to skip."),
     Setting("max_upload_mb", 25.0, float, "Largest accepted upload, in MB (larger: HTTP 413).", check=_positive),
-    Setting("max_image_pixels", MAX_IMAGE_PIXELS, int, "Images with more pixels are refused as decompression bombs.",
-            check=_positive),
+    Setting(
+        "max_image_pixels",
+        MAX_IMAGE_PIXELS,
+        int,
+        "Images with more pixels are refused as decompression bombs.",
+        check=_positive,
+    ),
     Setting("log_level", "INFO", str, "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -128,11 +159,14 @@ class Config:
                 raise ConfigError(f"{s.name}: {msg} (got {v!r})")
         if not is_loopback(self.host):
             if not self.allow_remote:
-                raise ConfigError(f"host {self.host!r} is not a loopback address; set allow_remote = true "
-                                  "and a token to serve other machines")
+                raise ConfigError(
+                    f"host {self.host!r} is not a loopback address; set allow_remote = true "
+                    "and a token to serve other machines"
+                )
             if not self.token:
-                raise ConfigError(f"host {self.host!r} is not loopback: a token is required "
-                                  "(config `token` or SIMD_TOKEN)")
+                raise ConfigError(
+                    f"host {self.host!r} is not loopback: a token is required (config `token` or SIMD_TOKEN)"
+                )
         return self
 
 
@@ -191,8 +225,9 @@ def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
-def load(config_file: str | None = None, flags: dict[str, Any] | None = None,
-         environ: dict[str, str] | None = None) -> Config:
+def load(
+    config_file: str | None = None, flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> Config:
     """Merge file, env and flags (flags whose value is None are 'not given') and validate."""
     values: dict[str, Any] = {}
     environ = os.environ if environ is None else environ

@@ -91,16 +91,29 @@ class Daemon:
                 store.set_meta("model", embedder.model_id)
             vectors = load_index(store, embedder.model_id, embedder.dim)
         ignore = IgnoreRules(self.config.ignore)
-        worker = self.worker = IndexWorker(db, root, embedder, vectors, ignore, self.runtime,
-                                           follow_symlinks=self.config.follow_symlinks,
-                                           on_deleted=ThumbCache(state_dir.path / "thumbs").forget)
+        worker = self.worker = IndexWorker(
+            db,
+            root,
+            embedder,
+            vectors,
+            ignore,
+            self.runtime,
+            follow_symlinks=self.config.follow_symlinks,
+            on_deleted=ThumbCache(state_dir.path / "thumbs").forget,
+        )
         service.attach(vectors, embedder=embedder, rescan=lambda: worker.request_full("rescan requested"))
         self.runtime.update(model=embedder.model_id, dim=embedder.dim)
         worker.start()
         # Watch first, then walk: a change made during the startup walk is then seen by one or the other.
-        self.watcher = Watcher(root, worker.submit, settle_seconds=self.config.settle_seconds,
-                               ignore=ignore, observer=self.config.observer, on_trouble=self._on_trouble,
-                               follow_symlinks=self.config.follow_symlinks)
+        self.watcher = Watcher(
+            root,
+            worker.submit,
+            settle_seconds=self.config.settle_seconds,
+            ignore=ignore,
+            observer=self.config.observer,
+            on_trouble=self._on_trouble,
+            follow_symlinks=self.config.follow_symlinks,
+        )
         self.watcher.start()
         worker.request_full("startup")
 
@@ -154,8 +167,7 @@ class Daemon:
         except Exception as e:  # status is informative only; never let it stop the loop
             log.debug("status failed: %s", e)
             return
-        notify.notify(f"STATUS={st['state']}: {st['indexed']} indexed, {st['pending']} pending, "
-                      f"{st['failed']} failed")
+        notify.notify(f"STATUS={st['state']}: {st['indexed']} indexed, {st['pending']} pending, {st['failed']} failed")
 
     def _shutdown(self) -> None:
         if self.server is not None:  # a start that failed (e.g. port taken) just says why, not "stopping"
@@ -163,8 +175,10 @@ class Daemon:
         for name, thread in self._threads():
             if thread is not None and not thread.stop(STOP_TIMEOUT):
                 if thread is self.worker:
-                    log.warning("the indexer did not finish its batch in %.0f s; it is dropped and redone at "
-                                "the next start", STOP_TIMEOUT)
+                    log.warning(
+                        "the indexer did not finish its batch in %.0f s; it is dropped and redone at the next start",
+                        STOP_TIMEOUT,
+                    )
                 else:
                     log.warning("the %s did not stop within %.0f s", name, STOP_TIMEOUT)
         if self.state_dir is not None:

@@ -94,8 +94,12 @@ def resolve_descriptor(name: str, backbone_id: str) -> Descriptor:
         return BACKBONE_DEFAULTS.get(backbone_id, DESCRIPTORS["default"])
     return DESCRIPTORS[name]
 
-_FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-            "bicubic": Image.Resampling.BICUBIC}
+
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 class Embedder:
@@ -105,12 +109,23 @@ class Embedder:
     peak memory on a CPU that is already busy), decoding runs outside it.
     """
 
-    def __init__(self, backbone: Any, *, descriptor: str | Descriptor = "default", batch_size: int = 32,
-                 max_pixels: int = MAX_IMAGE_PIXELS, decode_workers: int | None = None):
+    def __init__(
+        self,
+        backbone: Any,
+        *,
+        descriptor: str | Descriptor = "default",
+        batch_size: int = 32,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        decode_workers: int | None = None,
+    ):
         if isinstance(descriptor, str):
             descriptor = resolve_descriptor(descriptor, backbone.id)
-        if descriptor.resize not in _FILTERS or descriptor.aspect not in ("squash", "crop") \
-                or descriptor.pooling not in ("gap", "gem") or not descriptor.scales:
+        if (
+            descriptor.resize not in _FILTERS
+            or descriptor.aspect not in ("squash", "crop")
+            or descriptor.pooling not in ("gap", "gem")
+            or not descriptor.scales
+        ):
             raise ValueError(f"invalid descriptor {descriptor}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -121,11 +136,14 @@ class Embedder:
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self.model_id = backbone.id if descriptor.name == "default" else f"{backbone.id}+{descriptor.name}"
         classifier = getattr(backbone, "classifier", None) if descriptor.logits else None
-        self._classifier = None if classifier is None else (np.asarray(classifier[0], np.float32).T,
-                                                            np.asarray(classifier[1], np.float32))
+        self._classifier = (
+            None
+            if classifier is None
+            else (np.asarray(classifier[0], np.float32).T, np.asarray(classifier[1], np.float32))
+        )
         self.dim = backbone.dim if self._classifier is None else self._classifier[0].shape[1]
         self.sizes = tuple(max(32, round(backbone.input_size * s)) for s in descriptor.scales)
-        self.buckets = sorted({min(2 ** i, batch_size) for i in range(batch_size.bit_length() + 1)})
+        self.buckets = sorted({min(2**i, batch_size) for i in range(batch_size.bit_length() + 1)})
         self.images_embedded = 0
         self._lock = threading.Lock()
         self._functions: dict[int, Any] = {}
@@ -138,10 +156,13 @@ class Embedder:
 
         if config.tf_threads:
             configure_tensorflow(config.tf_threads)
-        backbone = load_backbone(model or config.model, weights=config.weights,
-                                 allow_download=config.weights_download)
-        return cls(backbone, descriptor=descriptor or config.descriptor, batch_size=config.batch_size,
-                   max_pixels=config.max_image_pixels)
+        backbone = load_backbone(model or config.model, weights=config.weights, allow_download=config.weights_download)
+        return cls(
+            backbone,
+            descriptor=descriptor or config.descriptor,
+            batch_size=config.batch_size,
+            max_pixels=config.max_image_pixels,
+        )
 
     # -- public API
     def embed_files(self, paths: Iterable[str | os.PathLike]) -> list[np.ndarray | ImageError]:
@@ -152,6 +173,7 @@ class Embedder:
             return []
         chunks = [range(i, min(i + self.batch_size, len(paths))) for i in range(0, len(paths), self.batch_size)]
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="simd-decode") as pool:
+
             def submit(chunk):
                 return [pool.submit(self._decode_file, paths[i]) for i in chunk]
 
@@ -182,8 +204,9 @@ class Embedder:
         """Vector of an uploaded image; raises ImageError if it cannot be decoded."""
         from simd.imaging import open_image
 
-        image = open_image(data, name=name, max_pixels=self.max_pixels, draft_size=self._draft_size(),
-                           apply_exif=self.descriptor.exif)
+        image = open_image(
+            data, name=name, max_pixels=self.max_pixels, draft_size=self._draft_size(), apply_exif=self.descriptor.exif
+        )
         return self.embed_image(image)
 
     # -- decoding (runs in the pool)
@@ -198,8 +221,13 @@ class Embedder:
 
         name = os.fspath(path)
         try:
-            image = open_image(path, name=name, max_pixels=self.max_pixels, draft_size=self._draft_size(),
-                               apply_exif=self.descriptor.exif)
+            image = open_image(
+                path,
+                name=name,
+                max_pixels=self.max_pixels,
+                draft_size=self._draft_size(),
+                apply_exif=self.descriptor.exif,
+            )
             return self._prepare(image)
         except ImageError as e:
             return e
@@ -239,7 +267,7 @@ class Embedder:
         n = batch.shape[0]
         out = []
         for start in range(0, n, self.batch_size):
-            part = batch[start:start + self.batch_size]
+            part = batch[start : start + self.batch_size]
             m = part.shape[0]
             bucket = next(b for b in self.buckets if b >= m)
             if bucket > m:
@@ -272,8 +300,9 @@ class Embedder:
                 v = tf.matmul(v, self._classifier[0]) + self._classifier[1]
             return v
 
-        fn = tf.function(pooled_features, reduce_retracing=True,
-                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+        fn = tf.function(
+            pooled_features, reduce_retracing=True, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)]
+        )
         self._functions[size] = fn
         return fn
 

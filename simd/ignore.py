@@ -12,19 +12,37 @@ from collections.abc import Iterable
 
 # Folders (and files) that operating systems, NAS boxes and recycle bins put into shared folders.
 # Any path component with one of these names is skipped, with everything below it. Case-insensitive.
-SYSTEM_NAMES = frozenset(name.lower() for name in (
-    "@eaDir",                     # Synology thumbnails and metadata
-    "#recycle", "#snapshot",      # Synology recycle bin and snapshots
-    "@Recycle", "@Recently-Snapshot",  # QNAP
-    "lost+found",                 # fsck
-    "$RECYCLE.BIN", "System Volume Information",  # Windows
-))
+SYSTEM_NAMES = frozenset(
+    name.lower()
+    for name in (
+        "@eaDir",  # Synology thumbnails and metadata
+        "#recycle",
+        "#snapshot",  # Synology recycle bin and snapshots
+        "@Recycle",
+        "@Recently-Snapshot",  # QNAP
+        "lost+found",  # fsck
+        "$RECYCLE.BIN",
+        "System Volume Information",  # Windows
+    )
+)
 
 # Files being written by someone else: partial downloads, editor swap and lock files, office lock
 # files. Matched (case-insensitively) against the file's name; the finished file has another name.
 TEMP_PATTERNS = (
-    "*.tmp", "*.temp", "*.part", "*.partial", "*.crdownload", "*.download", "*.filepart",
-    "*.!qb", "*.!ut", "*.swp", "*.swx", "~*", "*~", ".~lock*",
+    "*.tmp",
+    "*.temp",
+    "*.part",
+    "*.partial",
+    "*.crdownload",
+    "*.download",
+    "*.filepart",
+    "*.!qb",
+    "*.!ut",
+    "*.swp",
+    "*.swx",
+    "~*",
+    "*~",
+    ".~lock*",
 )
 
 
@@ -63,8 +81,10 @@ class IgnoreRules:
             return False  # the library root itself
         parts = rel.split("/")
         last = len(parts) - 1
-        return any(self.ignored_entry(part, "/".join(parts[: i + 1]), is_dir if i == last else True)
-                   for i, part in enumerate(parts))
+        return any(
+            self.ignored_entry(part, "/".join(parts[: i + 1]), is_dir if i == last else True)
+            for i, part in enumerate(parts)
+        )
 
     def ignored_entry(self, name: str, rel_path: str, is_dir: bool) -> bool:
         """`ignored` for a path whose folders above have passed already (as in a walk, which never

@@ -45,10 +45,17 @@ _AVIF_BRANDS = {b"avif", b"avis"}
 _CONTAINER_BRANDS = {b"mif1", b"msf1", b"miaf"}
 # Recognised but refused, so the message says what the file is (checked lower-cased).
 _OTHER_FORMATS = [
-    (b"%pdf", "a PDF document"), (b"<svg", "an SVG image"), (b"<?xml", "an XML/SVG document"),
-    (b"<!doctype html", "an HTML page"), (b"<html", "an HTML page"), (b"pk\x03\x04", "a ZIP archive"),
-    (b"\x1f\x8b", "a gzip file"), (b"8bps", "a Photoshop document"), (b"\x00\x00\x01\x00", "an ICO icon"),
-    (b"\x00\x00\x00\x0cjp  ", "a JPEG 2000 image"), (b"\xffo\xffq", "a JPEG 2000 codestream"),
+    (b"%pdf", "a PDF document"),
+    (b"<svg", "an SVG image"),
+    (b"<?xml", "an XML/SVG document"),
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"pk\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"8bps", "a Photoshop document"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"\x00\x00\x00\x0cjp  ", "a JPEG 2000 image"),
+    (b"\xffo\xffq", "a JPEG 2000 codestream"),
 ]
 # Camera RAW is refused with a message that says so. Most RAW formats have their own signature;
 # NEF, ARW, DNG, PEF, ... are TIFF containers whose first image is a small preview (or not one
@@ -61,15 +68,43 @@ _RAW_SIGNATURES = [
     (lambda h: h[:4] == b"IIU\x00", "RW2"),
     (lambda h: h[:4] == b"FOVb", "X3F"),
 ]
-_RAW_TIFF_SUFFIXES = {".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".cr2", ".pef", ".srw", ".erf", ".kdc",
-                      ".dcr", ".mos", ".3fr", ".iiq", ".rwl", ".raw", ".mef", ".mrw", ".orf", ".rw2", ".raf"}
-RAW_UNSUPPORTED = ("camera RAW ({kind}): not supported; export it as JPEG or HEIC (or keep the camera's JPEG "
-                   "beside it) to have it indexed")
+_RAW_TIFF_SUFFIXES = {
+    ".nef",
+    ".nrw",
+    ".arw",
+    ".srf",
+    ".sr2",
+    ".dng",
+    ".cr2",
+    ".pef",
+    ".srw",
+    ".erf",
+    ".kdc",
+    ".dcr",
+    ".mos",
+    ".3fr",
+    ".iiq",
+    ".rwl",
+    ".raw",
+    ".mef",
+    ".mrw",
+    ".orf",
+    ".rw2",
+    ".raf",
+}
+RAW_UNSUPPORTED = (
+    "camera RAW ({kind}): not supported; export it as JPEG or HEIC (or keep the camera's JPEG "
+    "beside it) to have it indexed"
+)
 
 # EXIF Orientation -> the transpose that makes the pixels upright (as ImageOps.exif_transpose).
 _ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
 
@@ -202,8 +237,9 @@ def _pillow_warnings_silenced() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _open_source(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
-                 name: str | None) -> Iterator[tuple[BinaryIO, str]]:
+def _open_source(
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, name: str | None
+) -> Iterator[tuple[BinaryIO, str]]:
     """Yield (seekable binary file at offset 0, name for messages). Paths are opened, not read:
     Pillow reads lazily, so a huge file costs nothing before the header checks."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -239,9 +275,14 @@ def _open_source(source: str | os.PathLike | bytes | bytearray | memoryview | Bi
     yield source, name
 
 
-def open_image(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *,
-               name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-               draft_size: tuple[int, int] | None = None, apply_exif: bool = True) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+    apply_exif: bool = True,
+) -> Image.Image:
     """Decode an allowed image into a loaded, upright RGB image, or raise ImageError.
 
     `draft_size=(w, h)` lets JPEGs decode at a reduced scale (1/2, 1/4 or 1/8) that is still at
@@ -349,8 +390,9 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(a + 0.5, 0, 255).astype(np.uint8)
 
 
-def thumbnail(src_path: str | os.PathLike, dest_path: str | os.PathLike, max_side: int = 256,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def thumbnail(
+    src_path: str | os.PathLike, dest_path: str | os.PathLike, max_side: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
     """Decode `src_path` (JPEG draft mode) and write an upright JPEG thumbnail whose long side is
     at most `max_side` to `dest_path`, atomically. Returns the thumbnail's size. Raises ImageError
     for a bad source; OSError from writing the destination propagates (it is not the image's fault)."""

@@ -79,8 +79,12 @@ class Summary:
             if self.reused:
                 how.append(f"{self.reused} byte-identical to images already indexed")
             parts[-1] += f" ({', '.join(how)})"
-        for count, what in ((self.moved, "moved or renamed"), (self.deleted, "deleted"),
-                            (self.touched, "touched (same bytes)"), (self.unchanged, "unchanged")):
+        for count, what in (
+            (self.moved, "moved or renamed"),
+            (self.deleted, "deleted"),
+            (self.touched, "touched (same bytes)"),
+            (self.unchanged, "unchanged"),
+        ):
             if count:
                 parts.append(f"{count} {what}")
         if self.failed or self.failed_total:
@@ -91,11 +95,20 @@ class Summary:
 class Reconciler:
     """Owns the writer `Store`; must be used from one thread only."""
 
-    def __init__(self, root: Path, store: Store, embedder, vectors: VectorIndex | None, ignore: IgnoreRules,
-                 *, follow_symlinks: bool = False, chunk_size: int = 128,
-                 on_progress: Callable[[str, int, int], None] | None = None,
-                 on_deleted: Callable[[list[int]], object] | None = None,
-                 stop: threading.Event | None = None):
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        embedder,
+        vectors: VectorIndex | None,
+        ignore: IgnoreRules,
+        *,
+        follow_symlinks: bool = False,
+        chunk_size: int = 128,
+        on_progress: Callable[[str, int, int], None] | None = None,
+        on_deleted: Callable[[list[int]], object] | None = None,
+        stop: threading.Event | None = None,
+    ):
         self.root = Path(root)
         self.store = store
         self.embedder = embedder
@@ -120,8 +133,10 @@ class Reconciler:
             disk = walk(self.root, self.ignore, follow_symlinks=self.follow_symlinks)
             records = self.store.records()
             if not disk and records:
-                raise LibraryOffline(f"library root {self.root} is empty but the index holds {len(records)} "
-                                     "images; refusing to delete them (is a disk unmounted?)")
+                raise LibraryOffline(
+                    f"library root {self.root} is empty but the index holds {len(records)} "
+                    "images; refusing to delete them (is a disk unmounted?)"
+                )
         else:
             disk, records = {}, {}
             for rel in sorted(paths):
@@ -141,15 +156,16 @@ class Reconciler:
         summary = Summary(scanned=plan.scanned, unchanged=plan.unchanged)
         gone_hashes = {rec.hash for rec in plan.gone if rec.hash and rec.state == "ok"}
         moved_hashes: set[str] = set()
-        work = [("new", f) for f in plan.new] + [("changed", f) for f in plan.changed] + \
-               [("stale", f) for f in plan.stale]
+        work = (
+            [("new", f) for f in plan.new] + [("changed", f) for f in plan.changed] + [("stale", f) for f in plan.stale]
+        )
         total, done = len(work), 0
         self.on_progress("indexing", 0, total)
         for start in range(0, total, self.chunk_size):
             if self.stop.is_set():
                 summary.interrupted = True
                 break
-            chunk = work[start:start + self.chunk_size]
+            chunk = work[start : start + self.chunk_size]
             self._apply_chunk(chunk, records, gone_hashes, moved_hashes, summary)
             done += len(chunk)
             self.on_progress("indexing", done, total)
@@ -160,8 +176,14 @@ class Reconciler:
         self.on_progress("done", total, total)
         return summary
 
-    def _apply_chunk(self, chunk: list[tuple[str, DiskFile]], records: dict[str, FileRecord],
-                     gone_hashes: set[str], moved_hashes: set[str], summary: Summary) -> None:
+    def _apply_chunk(
+        self,
+        chunk: list[tuple[str, DiskFile]],
+        records: dict[str, FileRecord],
+        gone_hashes: set[str],
+        moved_hashes: set[str],
+        summary: Summary,
+    ) -> None:
         writes: list[tuple] = []  # ("ok", f, hash, vec, kind) | ("failed", f, hash, reason, kind) | ...
         to_embed: dict[str, list[tuple[str, DiskFile]]] = {}  # hash -> files with that new content
         for kind, f in chunk:

@@ -46,22 +46,23 @@ def encode(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scale = np.empty(m, np.float64)
     resid = np.empty(m, np.float64)
     for start in range(0, m, _ENCODE_CHUNK):
-        x = rows[start:start + _ENCODE_CHUNK]
+        x = rows[start : start + _ENCODE_CHUNK]
         s = (np.abs(x).max(axis=1) / np.float32(_LEVELS)).astype(np.float32)
         c = np.rint(x / s[:, None])
         np.clip(c, -_LEVELS, _LEVELS, out=c)  # |x / s| <= 127 up to rounding
-        codes[start:start + len(x)] = c
+        codes[start : start + len(x)] = c
         np.multiply(c, s[:, None], out=c)
         np.subtract(x, c, out=c)  # c is now the residual x - s * codes
-        resid[start:start + len(x)] = np.sqrt(np.einsum("ij,ij->i", c, c, dtype=np.float64))
-        scale[start:start + len(x)] = s
+        resid[start : start + len(x)] = np.sqrt(np.einsum("ij,ij->i", c, c, dtype=np.float64))
+        scale[start : start + len(x)] = s
     resid *= 1.001
     resid += 1e-6
     return codes, scale, resid
 
 
-def score_bounds(codes: np.ndarray, scale: np.ndarray, resid: np.ndarray, q: np.ndarray,
-                 row_norm_max: float) -> tuple[np.ndarray, np.ndarray]:
+def score_bounds(
+    codes: np.ndarray, scale: np.ndarray, resid: np.ndarray, q: np.ndarray, row_norm_max: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) float64 with lo <= q·x <= hi for every row x encoded as (codes, scale, resid), whose
     norm is at most `row_norm_max`."""
     q64 = q.astype(np.float64)
@@ -69,8 +70,7 @@ def score_bounds(codes: np.ndarray, scale: np.ndarray, resid: np.ndarray, q: np.
     q_codes = np.clip(np.rint(q64 / s_q), -_LEVELS, _LEVELS)
     q_deq = s_q * q_codes
     q_err = q64 - q_deq
-    dots = np.asarray(simsimd.cdist(q_codes.astype(np.int8)[None, :], codes, metric="dot",
-                                    threads=THREADS)).ravel()
+    dots = np.asarray(simsimd.cdist(q_codes.astype(np.int8)[None, :], codes, metric="dot", threads=THREADS)).ravel()
     approx = dots * (s_q * scale)
     # Half-width of each row's interval: the per-row term, then one for all rows (the query's own
     # quantisation error, and float64 rounding of `approx`, ~1e-13, covered many times over).
@@ -79,8 +79,16 @@ def score_bounds(codes: np.ndarray, scale: np.ndarray, resid: np.ndarray, q: np.
     return approx - half, approx + half
 
 
-def candidate_rows(codes: np.ndarray, scale: np.ndarray, resid: np.ndarray, q: np.ndarray, k: int,
-                   excluded: list[int], row_norm_max: float, max_candidates: int) -> np.ndarray | None:
+def candidate_rows(
+    codes: np.ndarray,
+    scale: np.ndarray,
+    resid: np.ndarray,
+    q: np.ndarray,
+    k: int,
+    excluded: list[int],
+    row_norm_max: float,
+    max_candidates: int,
+) -> np.ndarray | None:
     """Rows (ascending) that can be in the top k by q·x (`excluded` rows never are), or None when
     more than `max_candidates` would be; k must be less than the number of rows not excluded."""
     lo, hi = score_bounds(codes, scale, resid, q, row_norm_max)

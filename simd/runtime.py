@@ -34,5 +34,11 @@ class Runtime:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"phase": self.phase, "pending": self.pending, "model": self.model, "dim": self.dim,
-                    "progress": dict(self.progress) if self.progress else None, "last_error": self.last_error}
+            return {
+                "phase": self.phase,
+                "pending": self.pending,
+                "model": self.model,
+                "dim": self.dim,
+                "progress": dict(self.progress) if self.progress else None,
+                "last_error": self.last_error,
+            }

@@ -170,8 +170,16 @@ class SearchService:
             "uploads_embedded": uploads,
         }
 
-    def similar(self, *, image_id: Any = None, path: str | None = None, data: bytes | None = None,
-                name: str = "upload", k: int = 10, min_score: float | None = None) -> dict:
+    def similar(
+        self,
+        *,
+        image_id: Any = None,
+        path: str | None = None,
+        data: bytes | None = None,
+        name: str = "upload",
+        k: int = 10,
+        min_score: float | None = None,
+    ) -> dict:
         model = self.runtime.model
         if model is None:
             raise NotReady("the model is still loading; try again in a moment")
@@ -206,10 +214,22 @@ class SearchService:
             hit = store.get(hit_id)
             if hit is None:  # deleted between the search and now
                 continue
-            results.append({"id": hit_id, "path": hit["path"], "score": round(float(score), 4),
-                            "match": match_label(model, float(score)), "version": version(hit)})
-        return {"model": model, "query": query, "k": k, "results": results,
-                "took_ms": round((time.perf_counter() - started) * 1000, 1)}
+            results.append(
+                {
+                    "id": hit_id,
+                    "path": hit["path"],
+                    "score": round(float(score), 4),
+                    "match": match_label(model, float(score)),
+                    "version": version(hit),
+                }
+            )
+        return {
+            "model": model,
+            "query": query,
+            "k": k,
+            "results": results,
+            "took_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
 
     def _query_row(self, image_id: Any, path: str | None) -> dict:
         if image_id is not None and image_id != "":
@@ -256,8 +276,18 @@ class SearchService:
         return Path(real)
 
     def errors(self) -> list[dict]:
-        return [{"id": r["id"], "path": r["path"], "state": "failed", "error": r["error"], "size": r["size"],
-                 "mtime": r["mtime_ns"] / 1e9, "version": version(r)} for r in self._store().errors()]
+        return [
+            {
+                "id": r["id"],
+                "path": r["path"],
+                "state": "failed",
+                "error": r["error"],
+                "size": r["size"],
+                "mtime": r["mtime_ns"] / 1e9,
+                "version": version(r),
+            }
+            for r in self._store().errors()
+        ]
 
     def servable(self, path: str) -> bool:
         """Whether GET /api/images/<id>/file can serve the file at `path`: a regular file inside the
@@ -285,8 +315,16 @@ class SearchService:
 
 
 def _public(row: dict) -> dict:
-    return {"id": row["id"], "path": row["path"], "size": row["size"], "mtime": row["mtime_ns"] / 1e9,
-            "state": row["state"], "error": row.get("error"), "model": row.get("model"), "version": version(row)}
+    return {
+        "id": row["id"],
+        "path": row["path"],
+        "size": row["size"],
+        "mtime": row["mtime_ns"] / 1e9,
+        "state": row["state"],
+        "error": row.get("error"),
+        "model": row.get("model"),
+        "version": version(row),
+    }
 
 
 def version(row: dict) -> str:

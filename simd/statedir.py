@@ -81,8 +81,7 @@ def _record_library(db: Path, root: Path, state: Path) -> None:
     with Store(db) as store:
         known = store.get_meta("library_root")
         if known and known != str(root):
-            raise ConfigError(f"state dir {state} holds the index of {known}, not {root}; "
-                              "pass another --state-dir")
+            raise ConfigError(f"state dir {state} holds the index of {known}, not {root}; pass another --state-dir")
         if not known:
             with store.batch():
                 store.set_meta("library_root", str(root))
@@ -117,11 +116,14 @@ def find_state_dir(config: cfg.Config, library: str | None = None, image: Path |
         return candidates[0]
     if not candidates:
         raise ConfigError(f"no index found under {base}; run `simd index LIBRARY` first or pass --state-dir")
-    raise ConfigError("several indexes exist; pass --library or --state-dir: "
-                      + ", ".join(str(read_meta(c, "library_root") or c) for c in candidates))
+    raise ConfigError(
+        "several indexes exist; pass --library or --state-dir: "
+        + ", ".join(str(read_meta(c, "library_root") or c) for c in candidates)
+    )
 
 
 # -- the lock ------------------------------------------------------------------------------------
+
 
 class StateLock:
     def __init__(self, state_dir: Path):

@@ -82,12 +82,14 @@ class Store:
                 if not self.path.is_file():
                     raise NotFound(f"no simd index at {self.path} (run `simd index` or `simd serve` first)")
                 uri = f"file:{quote(str(self.path))}?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                                       timeout=BUSY_TIMEOUT_MS / 1000)
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                )
             else:
                 make_private_dirs(self.path.parent)
-                conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                       timeout=BUSY_TIMEOUT_MS / 1000)
+                conn = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                )
         except sqlite3.Error as e:
             raise SimdError(f"cannot open the index {self.path}: {e}") from None
         self.db = Database(conn, execute_plugins=False)
@@ -119,11 +121,15 @@ class Store:
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
-            raise SimdError(f"the index {self.path} has schema version {version}, newer than this simd "
-                            f"understands ({SCHEMA_VERSION}); upgrade simd or use another --state-dir")
+            raise SimdError(
+                f"the index {self.path} has schema version {version}, newer than this simd "
+                f"understands ({SCHEMA_VERSION}); upgrade simd or use another --state-dir"
+            )
         if self.readonly and version < SCHEMA_VERSION:
-            raise NotFound(f"the index {self.path} is not initialised or needs an upgrade "
-                           f"(schema version {version}); run `simd index` first")
+            raise NotFound(
+                f"the index {self.path} is not initialised or needs an upgrade "
+                f"(schema version {version}); run `simd index` first"
+            )
 
     def _migrate(self) -> None:
         """Numbered migrations, all in one BEGIN IMMEDIATE transaction (as rclip's `if version < N`)."""
@@ -207,13 +213,16 @@ class Store:
         with self._lock:
             row = self.db.execute(
                 "SELECT vector FROM images WHERE hash = ? AND model = ? AND state = 'ok' "
-                "AND vector IS NOT NULL LIMIT 1", [hash, model]).fetchone()
+                "AND vector IS NOT NULL LIMIT 1",
+                [hash, model],
+            ).fetchone()
         return from_blob(row[0]) if row else None
 
     def vector_of(self, image_id: int, model: str) -> np.ndarray | None:
         with self._lock:
-            row = self.db.execute("SELECT vector FROM images WHERE id = ? AND model = ? AND state = 'ok'",
-                                  [int(image_id), model]).fetchone()
+            row = self.db.execute(
+                "SELECT vector FROM images WHERE id = ? AND model = ? AND state = 'ok'", [int(image_id), model]
+            ).fetchone()
         return from_blob(row[0]) if row else None
 
     def load_vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
@@ -228,11 +237,13 @@ class Store:
             if own_txn:
                 self.db.execute("BEGIN")
             try:
-                dims = self.db.execute(f"SELECT dim, count(*) FROM images WHERE {where} GROUP BY dim",
-                                       [model]).fetchall()
+                dims = self.db.execute(
+                    f"SELECT dim, count(*) FROM images WHERE {where} GROUP BY dim", [model]
+                ).fetchall()
                 if len(dims) > 1:
-                    raise SimdError(f"the index holds vectors of several sizes for model {model}: "
-                                    f"{sorted(d for d, _ in dims)}")
+                    raise SimdError(
+                        f"the index holds vectors of several sizes for model {model}: {sorted(d for d, _ in dims)}"
+                    )
                 if not dims:
                     return np.empty(0, np.int64), np.empty((0, 0), np.float32)
                 dim, n = int(dims[0][0]), int(dims[0][1])
@@ -243,8 +254,9 @@ class Store:
                 while rows := cursor.fetchmany(4096):
                     for image_id, blob in rows:
                         if len(blob) != 4 * dim:
-                            raise SimdError(f"image {image_id}: stored vector has {len(blob)} bytes, "
-                                            f"expected {4 * dim}")
+                            raise SimdError(
+                                f"image {image_id}: stored vector has {len(blob)} bytes, expected {4 * dim}"
+                            )
                         ids[i] = image_id
                         matrix[i] = np.frombuffer(blob, dtype=VEC_DTYPE)
                         i += 1
@@ -265,19 +277,26 @@ class Store:
                 where, params = where + "instr(simd_casefold(path), ?) > 0", [*params, casefold(q)]
         with self._lock:
             total = self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
-            rows = self._dicts(f"SELECT {_INFO_COLUMNS} FROM images {where} ORDER BY path LIMIT ? OFFSET ?",
-                               [*params, max(0, int(limit)), max(0, int(offset))])
+            rows = self._dicts(
+                f"SELECT {_INFO_COLUMNS} FROM images {where} ORDER BY path LIMIT ? OFFSET ?",
+                [*params, max(0, int(limit)), max(0, int(offset))],
+            )
         return rows, int(total)
 
     def _all_ascii(self) -> bool:
         """No stored path has a non-ASCII character (then LIKE finds exactly what folding would)."""
         with self._lock:
-            return self.db.execute("SELECT NOT EXISTS (SELECT 1 FROM images WHERE path GLOB ?)",
-                                   ["*[^\x01-\x7f]*"]).fetchone()[0] == 1
+            return (
+                self.db.execute(
+                    "SELECT NOT EXISTS (SELECT 1 FROM images WHERE path GLOB ?)", ["*[^\x01-\x7f]*"]
+                ).fetchone()[0]
+                == 1
+            )
 
     def errors(self) -> list[dict]:
-        return self._dicts("SELECT id, path, error, size, mtime_ns, updated_at FROM images "
-                           "WHERE state = 'failed' ORDER BY path", [])
+        return self._dicts(
+            "SELECT id, path, error, size, mtime_ns, updated_at FROM images WHERE state = 'failed' ORDER BY path", []
+        )
 
     def counts(self, model: str | None) -> dict:
         """indexed: ok rows of `model`; stale: ok rows of another model; model None: every ok row is
@@ -287,11 +306,17 @@ class Store:
             total, ok, failed, indexed, last_id, last_write = self.db.execute(
                 "SELECT count(*), coalesce(sum(state = 'ok'), 0), coalesce(sum(state = 'failed'), 0), "
                 "coalesce(sum(state = 'ok' AND model IS ?), 0), max(id), max(updated_at) FROM images",
-                [model]).fetchone()
+                [model],
+            ).fetchone()
         if model is None:
             indexed = ok
-        return {"indexed": indexed, "failed": failed, "total": total, "stale": ok - indexed,
-                "revision": f"{total}-{last_id or 0}-{last_write or 0}"}
+        return {
+            "indexed": indexed,
+            "failed": failed,
+            "total": total,
+            "stale": ok - indexed,
+            "revision": f"{total}-{last_id or 0}-{last_write or 0}",
+        }
 
     def model_dim(self, model: str | None) -> int:
         """The size of `model`'s stored vectors; 0 when it has none."""
@@ -350,8 +375,18 @@ class Store:
             raise RuntimeError("Store writes must happen inside `with store.batch():`")
         return self.db.execute(sql, params)
 
-    def _put(self, path: str, size: int, mtime_ns: int, hash: str | None, state: str, error: str | None,
-             model: str | None, dim: int | None, blob: bytes | None) -> int:
+    def _put(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        hash: str | None,
+        state: str,
+        error: str | None,
+        model: str | None,
+        dim: int | None,
+        blob: bytes | None,
+    ) -> int:
         now = time.time()
         with self._lock:
             cur = self._write(
@@ -361,11 +396,11 @@ class Store:
                 "hash = excluded.hash, state = excluded.state, error = excluded.error, "
                 "model = excluded.model, dim = excluded.dim, vector = excluded.vector, "
                 "updated_at = excluded.updated_at RETURNING id",
-                [path, int(size), int(mtime_ns), hash, state, error, model, dim, blob, now, now])
+                [path, int(size), int(mtime_ns), hash, state, error, model, dim, blob, now, now],
+            )
             return int(cur.fetchone()[0])
 
-    def put_ok(self, path: str, size: int, mtime_ns: int, hash: str | None, model: str,
-               vector: np.ndarray) -> int:
+    def put_ok(self, path: str, size: int, mtime_ns: int, hash: str | None, model: str, vector: np.ndarray) -> int:
         """Upsert by path (an existing path keeps its id); returns the id."""
         blob, dim = to_blob(vector)
         return self._put(path, size, mtime_ns, hash, "ok", None, model, dim, blob)
@@ -375,8 +410,10 @@ class Store:
 
     def update_stat(self, path: str, size: int, mtime_ns: int) -> None:
         with self._lock:
-            self._write("UPDATE images SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
-                        [int(size), int(mtime_ns), time.time(), path])
+            self._write(
+                "UPDATE images SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
+                [int(size), int(mtime_ns), time.time(), path],
+            )
 
     def delete_paths(self, paths: Iterable[str]) -> list[int]:
         """Delete these paths (unknown ones are ignored); returns the deleted ids."""
@@ -386,10 +423,12 @@ class Store:
             if not paths:
                 self._write("SELECT 1", [])  # still refuse outside a batch
             for i in range(0, len(paths), _CHUNK):
-                chunk = paths[i:i + _CHUNK]
+                chunk = paths[i : i + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                deleted += [r[0] for r in self._write(
-                    f"DELETE FROM images WHERE path IN ({marks}) RETURNING id", chunk).fetchall()]
+                deleted += [
+                    r[0]
+                    for r in self._write(f"DELETE FROM images WHERE path IN ({marks}) RETURNING id", chunk).fetchall()
+                ]
         return deleted
 
     def delete_prefix(self, prefix: str) -> list[int]:

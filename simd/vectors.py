@@ -103,8 +103,7 @@ class VectorIndex:
         with self._write_lock:
             self._replace(ids, matrix, self._transform, adopt=True)
 
-    def set_transform(self, fn: Transform | None,
-                      rebuild_from: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def set_transform(self, fn: Transform | None, rebuild_from: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Use `fn` from now on (None: identity), rebuilding the matrix from the raw vectors
         `rebuild_from=(ids, raw)` (taken over as by `replace_all` when `fn` is None); only an empty
         index may change its transform without them."""
@@ -222,8 +221,7 @@ class VectorIndex:
             found = self._candidates(q, k, exclude_ids)
         return _best(q, k, *found)
 
-    def search_by_id(self, image_id: int, k: int,
-                     exclude_ids: Iterable[int] = ()) -> list[tuple[int, float]] | None:
+    def search_by_id(self, image_id: int, k: int, exclude_ids: Iterable[int] = ()) -> list[tuple[int, float]] | None:
         """As `search`, from the row of an indexed image (transformed already, if a transform is
         set); None if the id is not in the index. The id itself is not excluded unless listed."""
         if k < 1:
@@ -248,8 +246,16 @@ class VectorIndex:
         rows = None  # the candidates' row numbers
         if k < n - len(excluded) and n * q.size >= self.coarse_min_values:
             # Past ~4k candidates, rescoring them costs about what a float32 scan does.
-            rows = quantized.candidate_rows(self._codes[:n], self._scale[:n], self._resid[:n], q, k, excluded,
-                                            _ROW_NORM_MAX, max_candidates=max(4096, n // 32))
+            rows = quantized.candidate_rows(
+                self._codes[:n],
+                self._scale[:n],
+                self._resid[:n],
+                q,
+                k,
+                excluded,
+                _ROW_NORM_MAX,
+                max_candidates=max(4096, n // 32),
+            )
         if rows is None:
             scores = self._mat[:n] @ q
             if excluded:
@@ -267,7 +273,7 @@ def _near_top(scores: np.ndarray, k: int, dim: int) -> np.ndarray:
     n = len(scores)
     if k >= n:
         return np.flatnonzero(scores > -np.inf)
-    top = np.argpartition(scores, n - k)[n - k:]
+    top = np.argpartition(scores, n - k)[n - k :]
     eps = max(1e-6, 2 * dim * 2.0**-24)
     return np.flatnonzero(scores >= scores[top].min() - eps)
 

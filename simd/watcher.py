@@ -39,27 +39,69 @@ from simd.ignore import IgnoreRules
 log = logging.getLogger(__name__)
 
 # inotify sees only changes made through this kernel: on these, changes made elsewhere are invisible.
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs", "ocfs2",
-    "beegfs", "vboxsf", "vmhgfs", "prl_fs", "drvfs", "davfs", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs",
-    "fuse.rclone", "fuse.s3fs", "fuse.gcsfuse", "fuse.davfs", "fuse.vmhgfs-fuse", "fuse.smbnetfs",
-})
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "ocfs2",
+        "beegfs",
+        "vboxsf",
+        "vmhgfs",
+        "prl_fs",
+        "drvfs",
+        "davfs",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "fuse.cephfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "fuse.davfs",
+        "fuse.vmhgfs-fuse",
+        "fuse.smbnetfs",
+    }
+)
 # Opens, reads and directory mtime changes are left out: reading a file (as the indexer does) must
 # not look like a change, and a directory's own events already name the paths that changed in it.
-EVENTS = [ev.FileCreatedEvent, ev.FileDeletedEvent, ev.FileModifiedEvent, ev.FileAttribEvent, ev.FileMovedEvent,
-          ev.FileClosedEvent, ev.DirCreatedEvent, ev.DirDeletedEvent, ev.DirMovedEvent]
+EVENTS = [
+    ev.FileCreatedEvent,
+    ev.FileDeletedEvent,
+    ev.FileModifiedEvent,
+    ev.FileAttribEvent,
+    ev.FileMovedEvent,
+    ev.FileClosedEvent,
+    ev.DirCreatedEvent,
+    ev.DirDeletedEvent,
+    ev.DirMovedEvent,
+]
 OVERFLOW = "event queue overflowed"
 ROOT_MISSING = "library root missing"
 _LIMITS = {  # errno -> (trouble reason, the fix to log)
-    errno.ENOSPC: ("inotify watch limit reached; some folders are not watched",
-                   "raise it: `sysctl fs.inotify.max_user_watches=524288`, and persist it with "
-                   "`echo fs.inotify.max_user_watches=524288 > /etc/sysctl.d/90-simd.conf`"),
-    errno.EMFILE: ("inotify instance limit reached; the library is not watched",
-                   "raise it: `sysctl fs.inotify.max_user_instances=1024`, and persist it in /etc/sysctl.d/"),
+    errno.ENOSPC: (
+        "inotify watch limit reached; some folders are not watched",
+        "raise it: `sysctl fs.inotify.max_user_watches=524288`, and persist it with "
+        "`echo fs.inotify.max_user_watches=524288 > /etc/sysctl.d/90-simd.conf`",
+    ),
+    errno.EMFILE: (
+        "inotify instance limit reached; the library is not watched",
+        "raise it: `sysctl fs.inotify.max_user_instances=1024`, and persist it in /etc/sysctl.d/",
+    ),
 }
-_HINTS = {OVERFLOW: "changes were lost and are being reconciled; if this repeats, raise "
-                    "fs.inotify.max_queued_events (`sysctl fs.inotify.max_queued_events=65536`, persist in "
-                    "/etc/sysctl.d/)", **dict(_LIMITS.values())}
+_HINTS = {
+    OVERFLOW: "changes were lost and are being reconciled; if this repeats, raise "
+    "fs.inotify.max_queued_events (`sysctl fs.inotify.max_queued_events=65536`, persist in "
+    "/etc/sysctl.d/)",
+    **dict(_LIMITS.values()),
+}
 TROUBLE_INTERVAL = 10.0  # the same reason is reported at most this often (later reports are delayed)
 RESTART_BACKOFF = (30.0, 3600.0)  # retry a failed or dead observer after 30 s, doubling up to an hour
 # `mkdir -p a/b/c` makes watchdog add a watch group's callback twice to the same watch (once while
@@ -89,7 +131,7 @@ def filesystem_type(path: str | Path, *, mountinfo: str = "/proc/self/mountinfo"
 
 
 def choose_observer(root: str | Path, mode: str = "auto") -> str:
-    """"polling" or "native" for `mode` auto|native|polling (auto: polling on network filesystems)."""
+    """ "polling" or "native" for `mode` auto|native|polling (auto: polling on network filesystems)."""
     if mode in ("native", "polling"):
         return mode
     fs = filesystem_type(root)
@@ -164,9 +206,18 @@ class Watcher:
     `on_trouble(reason)` when events were or may have been lost (the consumer then reconciles).
     `poll_interval` is the polling observer's period (a full stat walk of the tree each time)."""
 
-    def __init__(self, root: Path, on_paths: Callable[[set[str]], None], *, settle_seconds: float = 2.0,
-                 ignore: IgnoreRules, observer: str = "auto", on_trouble: Callable[[str], None] = lambda reason: None,
-                 follow_symlinks: bool = False, poll_interval: float = 30.0):
+    def __init__(
+        self,
+        root: Path,
+        on_paths: Callable[[set[str]], None],
+        *,
+        settle_seconds: float = 2.0,
+        ignore: IgnoreRules,
+        observer: str = "auto",
+        on_trouble: Callable[[str], None] = lambda reason: None,
+        follow_symlinks: bool = False,
+        poll_interval: float = 30.0,
+    ):
         if observer not in ("auto", "native", "polling"):
             raise ValueError(f"observer must be auto, native or polling, not {observer!r}")
         self.root, self.on_paths, self.on_trouble = Path(root), on_paths, on_trouble
@@ -174,11 +225,11 @@ class Watcher:
         self.follow_symlinks, self.poll_interval = follow_symlinks, poll_interval
         self._tick = min(0.25, max(0.02, self.settle / 4))
         self._lock = threading.Lock()
-        self._events: dict[str, float] = {}        # rel path -> last event (monotonic); handlers fill it
-        self._troubles: dict[str, float] = {}      # reason -> first report, not yet delivered
-        self._pending: dict[str, _Pending] = {}    # owned by the settle thread
-        self._delivered: dict[str, float] = {}     # reason -> last delivery
-        self._watch_path = ""                      # the real path the observer watches
+        self._events: dict[str, float] = {}  # rel path -> last event (monotonic); handlers fill it
+        self._troubles: dict[str, float] = {}  # reason -> first report, not yet delivered
+        self._pending: dict[str, _Pending] = {}  # owned by the settle thread
+        self._delivered: dict[str, float] = {}  # reason -> last delivery
+        self._watch_path = ""  # the real path the observer watches
         self._observer: BaseObserver | None = None
         self._kind = "none"
         self._root_id: tuple[int, int] | None = None
@@ -189,7 +240,7 @@ class Watcher:
 
     @property
     def kind(self) -> str:
-        """"inotify", "polling", ... of the running observer; "none" when none runs."""
+        """ "inotify", "polling", ... of the running observer; "none" when none runs."""
         return self._kind
 
     def start(self) -> None:
@@ -228,8 +279,11 @@ class Watcher:
         paths = [event.src_path]
         if isinstance(event, ev.FileSystemMovedEvent) and event.dest_path:
             paths.append(event.dest_path)
-        rels = [rel for p in paths if (rel := self._relative(os.fsdecode(p))) is not None
-                and not self.ignore.ignored(rel, event.is_directory)]
+        rels = [
+            rel
+            for p in paths
+            if (rel := self._relative(os.fsdecode(p))) is not None and not self.ignore.ignored(rel, event.is_directory)
+        ]
         if rels:
             with self._lock:
                 for rel in rels:
@@ -240,7 +294,7 @@ class Watcher:
         if path == base:
             return ""
         prefix = base.rstrip("/") + "/"
-        return path[len(prefix):] if base and path.startswith(prefix) else None
+        return path[len(prefix) :] if base and path.startswith(prefix) else None
 
     def _report(self, reason: str) -> None:
         with self._lock:
@@ -258,14 +312,21 @@ class Watcher:
             self._watch_path = os.path.realpath(self.root)
             if kind == "polling":
                 from watchdog.observers.polling import PollingObserver
+
                 obs = PollingObserver(timeout=self.poll_interval)
             elif sys.platform.startswith("linux"):
                 obs = _InotifyObserver(self._report)
             else:
                 from watchdog.observers import Observer
+
                 obs = Observer()
-            obs.schedule(self._handler, self._watch_path, recursive=True, event_filter=EVENTS,
-                         follow_symlink=self.follow_symlinks)
+            obs.schedule(
+                self._handler,
+                self._watch_path,
+                recursive=True,
+                event_filter=EVENTS,
+                follow_symlink=self.follow_symlinks,
+            )
             obs.start()
         except Exception as e:  # never let a watch failure take the daemon down: reconcile covers it
             if obs is not None:
@@ -302,8 +363,11 @@ class Watcher:
             if ident is None:
                 self._report(ROOT_MISSING)
             else:
-                self._report("library root is back" if self._root_id is None
-                             else "library root changed (unmounted, remounted or replaced)")
+                self._report(
+                    "library root is back"
+                    if self._root_id is None
+                    else "library root changed (unmounted, remounted or replaced)"
+                )
                 self._backoff = RESTART_BACKOFF[0]
                 self._start_observer()
             self._root_id = ident

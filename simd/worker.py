@@ -29,9 +29,19 @@ OFFLINE_RETRY_SECONDS = 5.0
 
 
 class IndexWorker:
-    def __init__(self, db_path: Path, root: Path, embedder, vectors: VectorIndex, ignore: IgnoreRules,
-                 runtime: Runtime, *, follow_symlinks: bool = False, chunk_size: int = 128,
-                 on_deleted=None):
+    def __init__(
+        self,
+        db_path: Path,
+        root: Path,
+        embedder,
+        vectors: VectorIndex,
+        ignore: IgnoreRules,
+        runtime: Runtime,
+        *,
+        follow_symlinks: bool = False,
+        chunk_size: int = 128,
+        on_deleted=None,
+    ):
         self.db_path, self.root = Path(db_path), Path(root)
         self.embedder, self.vectors, self.ignore, self.runtime = embedder, vectors, ignore, runtime
         self.follow_symlinks, self.chunk_size, self.on_deleted = follow_symlinks, chunk_size, on_deleted
@@ -75,14 +85,26 @@ class IndexWorker:
         if phase == "scanning":
             self.runtime.update(phase="scanning", progress={"phase": "scanning", "done": 0, "total": 0})
         elif phase == "indexing":
-            self.runtime.update(phase="indexing" if total else "scanning", pending=max(total - done, 0),
-                                progress={"phase": "indexing", "done": done, "total": total})
+            self.runtime.update(
+                phase="indexing" if total else "scanning",
+                pending=max(total - done, 0),
+                progress={"phase": "indexing", "done": done, "total": total},
+            )
 
     def _run(self) -> None:
         store = Store(self.db_path)
-        reconciler = Reconciler(self.root, store, self.embedder, self.vectors, self.ignore,
-                                follow_symlinks=self.follow_symlinks, chunk_size=self.chunk_size,
-                                on_progress=self._progress, on_deleted=self.on_deleted, stop=self._stop)
+        reconciler = Reconciler(
+            self.root,
+            store,
+            self.embedder,
+            self.vectors,
+            self.ignore,
+            follow_symlinks=self.follow_symlinks,
+            chunk_size=self.chunk_size,
+            on_progress=self._progress,
+            on_deleted=self.on_deleted,
+            stop=self._stop,
+        )
         try:
             while not self._stop.is_set():
                 try:
@@ -134,8 +156,9 @@ class IndexWorker:
         still_queued = self._queue.qsize()
         self.runtime.update(phase="idle" if not still_queued else "scanning", pending=0, progress=None)
         if paths is None or summary.did_something:  # a full reconcile always says what it found
-            log.info("%s: %s (%.1f s)", "reconcile" if paths is None else "indexed", summary.describe(),
-                     summary.seconds)
+            log.info(
+                "%s: %s (%.1f s)", "reconcile" if paths is None else "indexed", summary.describe(), summary.seconds
+            )
 
     def _retry_if_back_online(self) -> None:
         if self._offline_since is None or time.monotonic() - self._offline_since < OFFLINE_RETRY_SECONDS:

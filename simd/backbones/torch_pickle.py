@@ -82,13 +82,12 @@ class _PendingTensor:
         if min(self.size) > 0 and (self.offset < 0 or last >= data.size or min(self.stride) < 0):
             raise pickle.UnpicklingError("tensor view lies outside its storage")
         view = np.lib.stride_tricks.as_strided(
-            data[self.offset:], shape=self.size, strides=tuple(s * item for s in self.stride), writeable=False
+            data[self.offset :], shape=self.size, strides=tuple(s * item for s in self.stride), writeable=False
         )
         return np.ascontiguousarray(view)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, _Storage):
         raise UnsafePickle("_rebuild_tensor_v2 called without a storage")
     ints = (storage_offset, *size, *stride)

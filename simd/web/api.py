@@ -65,8 +65,9 @@ def similar_get():
     image_id, path = args.get("id"), args.get("path")
     if image_id not in (None, "") and path not in (None, ""):
         raise BadRequest("give either id= or path=, not both")
-    out = service().similar(image_id=image_id, path=path, k=parse_k(args.get("k")),
-                            min_score=parse_min_score(args.get("min_score")))
+    out = service().similar(
+        image_id=image_id, path=path, k=parse_k(args.get("k")), min_score=parse_min_score(args.get("min_score"))
+    )
     return _similar_links(out)
 
 
@@ -75,8 +76,9 @@ def similar_post():
     k = parse_k(request.args.get("k"))
     min_score = parse_min_score(request.args.get("min_score"))
     if "id" in request.args or "path" in request.args:  # not silently ignored: which did they mean?
-        raise BadRequest("a POST searches by the uploaded image; to search by an indexed one, GET "
-                         "/api/similar?id=N or ?path=REL")
+        raise BadRequest(
+            "a POST searches by the uploaded image; to search by an indexed one, GET /api/similar?id=N or ?path=REL"
+        )
     data, name = _read_upload()
     out = service().similar(data=data, name=name, k=k, min_score=min_score)
     return _similar_links(out)
@@ -114,8 +116,9 @@ def _read_upload() -> tuple[bytes, str]:
 @bp.get("/api/images")
 def images():
     args = request.args
-    out = service().list_images(offset=args.get("offset"), limit=args.get("limit"), q=args.get("q", ""),
-                                state=args.get("state"))
+    out = service().list_images(
+        offset=args.get("offset"), limit=args.get("limit"), q=args.get("q", ""), state=args.get("state")
+    )
     for item in out["images"]:
         _links(item)
     return out
@@ -168,8 +171,15 @@ def _open_regular(path, iid: int):
 
 def _send(fh, st, mimetype: str, name: str, etag: str):
     """send_file with ETag/Last-Modified, conditional GET and ranges, from an open file object."""
-    rv = send_file(fh, mimetype=mimetype, download_name=name, conditional=False, etag=etag,
-                   last_modified=st.st_mtime, max_age=FILE_MAX_AGE)
+    rv = send_file(
+        fh,
+        mimetype=mimetype,
+        download_name=name,
+        conditional=False,
+        etag=etag,
+        last_modified=st.st_mtime,
+        max_age=FILE_MAX_AGE,
+    )
     rv.content_length = st.st_size
     rv.headers["Cache-Control"] = f"private, max-age={FILE_MAX_AGE}"
     try:

@@ -71,13 +71,18 @@ def create_app(config: Config | dict | None = None, service: Any = None) -> Flas
 
 # -- every request -------------------------------------------------------------------------------
 
+
 def _check_request():
     web = context()
     cfg = web.config
     if not cfg.allow_remote and not _host_allowed(request.environ.get("HTTP_HOST"), web.allowed_hosts):
         # DNS rebinding: a web page of another site, re-resolved to 127.0.0.1, must not read the library
-        return error_response(400, "bad_host", f"Host {request.environ.get('HTTP_HOST')!r} is not a "
-                              f"loopback name; open http://127.0.0.1:{cfg.port}/ instead")
+        return error_response(
+            400,
+            "bad_host",
+            f"Host {request.environ.get('HTTP_HOST')!r} is not a "
+            f"loopback name; open http://127.0.0.1:{cfg.port}/ instead",
+        )
     if request.method not in ("GET", "HEAD", "OPTIONS") and _cross_site():
         return error_response(403, "forbidden", "cross-site requests are refused")
     path = request.path
@@ -85,8 +90,12 @@ def _check_request():
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), cfg.token.encode()):
-            return error_response(401, "unauthorized", "this server needs 'Authorization: Bearer <token>'",
-                                  [("WWW-Authenticate", 'Bearer realm="simd"')])
+            return error_response(
+                401,
+                "unauthorized",
+                "this server needs 'Authorization: Bearer <token>'",
+                [("WWW-Authenticate", 'Bearer realm="simd"')],
+            )
     return None
 
 
@@ -123,6 +132,7 @@ def _host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
 
 # -- errors: one JSON shape everywhere -----------------------------------------------------------
 
+
 def _simd_error(e: SimdError):
     if e.http_status >= 500:
         log.warning("%s %s: %s", request.method, request.path, e.message)
@@ -146,8 +156,10 @@ def _too_large_message() -> str:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length <= limit:
         # the body fits: the form parser refused its shape, not its size
-        return (f"the form has more than {MAX_FORM_PARTS} parts or a text field over "
-                f"{FORM_MEMORY_LIMIT // 1024} KiB; send the image as the one field 'image'")
+        return (
+            f"the form has more than {MAX_FORM_PARTS} parts or a text field over "
+            f"{FORM_MEMORY_LIMIT // 1024} KiB; send the image as the one field 'image'"
+        )
     return f"the upload is larger than the {context().config.max_upload_mb:g} MB limit"
 
 

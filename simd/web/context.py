@@ -16,9 +16,11 @@ from simd.config import Config
 from simd.errors import NotReady
 from simd.web.thumbs import ThumbCache
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
-                           "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-                           "frame-ancestors 'none'; form-action 'self'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
+    "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -30,11 +32,25 @@ SECURITY_HEADERS = {
 }
 
 # machine codes of the HTTP errors werkzeug raises itself (routing, methods, body size)
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout",
-              411: "length_required", 413: "too_large", 414: "uri_too_long", 415: "unsupported_image",
-              416: "range_not_satisfiable", 429: "too_many_requests", 431: "headers_too_large",
-              500: "internal_error", 501: "not_implemented", 503: "not_ready"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    411: "length_required",
+    413: "too_large",
+    414: "uri_too_long",
+    415: "unsupported_image",
+    416: "range_not_satisfiable",
+    429: "too_many_requests",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+    503: "not_ready",
+}
 
 
 class WebContext:

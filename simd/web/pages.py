@@ -13,5 +13,6 @@ bp = Blueprint("pages", __name__)
 @bp.get("/")
 def index():
     web = context()
-    return render_template("index.html", version=__version__, max_upload_bytes=web.max_upload_bytes,
-                           max_upload_mb=web.config.max_upload_mb)
+    return render_template(
+        "index.html", version=__version__, max_upload_bytes=web.max_upload_bytes, max_upload_mb=web.config.max_upload_mb
+    )

@@ -97,8 +97,7 @@ def _check_host(app, host: str) -> None:
     if is_loopback(host):
         return
     if cfg is None or not cfg.allow_remote or not cfg.token:
-        raise ConfigError(f"refusing to serve on non-loopback address {host!r} without allow_remote "
-                          "and a token")
+        raise ConfigError(f"refusing to serve on non-loopback address {host!r} without allow_remote and a token")
 
 
 class Server:
@@ -107,8 +106,13 @@ class Server:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 8765, *, threads: int = DEFAULT_THREADS):
         _check_host(app, host)
         max_body = app.config.get("MAX_CONTENT_LENGTH") if hasattr(app, "config") else None
-        adjustments = {"threads": threads, "ident": "simd", "asyncore_use_poll": True,
-                       "expose_tracebacks": False, "channel_timeout": 60}
+        adjustments = {
+            "threads": threads,
+            "ident": "simd",
+            "asyncore_use_poll": True,
+            "expose_tracebacks": False,
+            "channel_timeout": 60,
+        }
         if max_body:
             # Up to twice the app's limit, waitress reads the body and the app answers 413 (a client
             # still sending gets its answer, not a reset); a body declared larger than that is
@@ -193,4 +197,3 @@ class Server:
             except OSError:
                 pass
         self._map.clear()
-
