@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simd.errors import BadRequest, NotFound, NotReady
+from simd.formats import CONTENT_TYPES, sniff_format
 from simd.paths import real_path_inside
 from simd.runtime import Runtime
 from simd.statedir import db_path
@@ -293,8 +294,6 @@ class SearchService:
         """Whether GET /api/images/<id>/file can serve the file at `path`: a regular file inside the
         library whose first bytes are those of an image format (a truncated JPEG is; a text file
         named .jpg is not). Asked only of files that could not be indexed."""
-        from simd.imaging import CONTENT_TYPES, sniff_format  # Pillow: not at import time of the CLI
-
         real = real_path_inside(self.library_root, os.path.join(*path.split("/")))
         if real is None:
             return False

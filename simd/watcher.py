@@ -19,15 +19,11 @@ What watchdog 7.1 tells us (read from its inotify source) and what we add:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import re
 import stat
-import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,152 +31,21 @@ from watchdog import events as ev
 from watchdog.observers.api import BaseObserver
 
 from simd.ignore import IgnoreRules
+from simd.observers import (
+    EVENTS,
+    HINTS,
+    LIMITS,
+    choose_observer,
+    make_observer,
+    observer_healthy,
+    stop_observer,
+)
 
 log = logging.getLogger(__name__)
 
-# inotify sees only changes made through this kernel: on these, changes made elsewhere are invisible.
-NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "9p",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "gpfs",
-        "ocfs2",
-        "beegfs",
-        "vboxsf",
-        "vmhgfs",
-        "prl_fs",
-        "drvfs",
-        "davfs",
-        "fuse.sshfs",
-        "fuse.glusterfs",
-        "fuse.cephfs",
-        "fuse.rclone",
-        "fuse.s3fs",
-        "fuse.gcsfuse",
-        "fuse.davfs",
-        "fuse.vmhgfs-fuse",
-        "fuse.smbnetfs",
-    }
-)
-# Opens, reads and directory mtime changes are left out: reading a file (as the indexer does) must
-# not look like a change, and a directory's own events already name the paths that changed in it.
-EVENTS = [
-    ev.FileCreatedEvent,
-    ev.FileDeletedEvent,
-    ev.FileModifiedEvent,
-    ev.FileAttribEvent,
-    ev.FileMovedEvent,
-    ev.FileClosedEvent,
-    ev.DirCreatedEvent,
-    ev.DirDeletedEvent,
-    ev.DirMovedEvent,
-]
-OVERFLOW = "event queue overflowed"
 ROOT_MISSING = "library root missing"
-_LIMITS = {  # errno -> (trouble reason, the fix to log)
-    errno.ENOSPC: (
-        "inotify watch limit reached; some folders are not watched",
-        "raise it: `sysctl fs.inotify.max_user_watches=524288`, and persist it with "
-        "`echo fs.inotify.max_user_watches=524288 > /etc/sysctl.d/90-simd.conf`",
-    ),
-    errno.EMFILE: (
-        "inotify instance limit reached; the library is not watched",
-        "raise it: `sysctl fs.inotify.max_user_instances=1024`, and persist it in /etc/sysctl.d/",
-    ),
-}
-_HINTS = {
-    OVERFLOW: "changes were lost and are being reconciled; if this repeats, raise "
-    "fs.inotify.max_queued_events (`sysctl fs.inotify.max_queued_events=65536`, persist in "
-    "/etc/sysctl.d/)",
-    **dict(_LIMITS.values()),
-}
 TROUBLE_INTERVAL = 10.0  # the same reason is reported at most this often (later reports are delayed)
 RESTART_BACKOFF = (30.0, 3600.0)  # retry a failed or dead observer after 30 s, doubling up to an hour
-# `mkdir -p a/b/c` makes watchdog add a watch group's callback twice to the same watch (once while
-# walking the new tree, once for the queued IN_CREATE); it warns, with a huge repr, and overwrites
-# the callback with itself, which is harmless. Under `-W error` that warning kills the inotify thread.
-warnings.filterwarnings("ignore", message=r"Callback with id '\d+' already exists", category=RuntimeWarning)
-
-
-def filesystem_type(path: str | Path, *, mountinfo: str = "/proc/self/mountinfo") -> str:
-    """The type of the filesystem holding `path` ("ext4", "nfs4", "fuse.sshfs", ...), or "unknown"."""
-    real = os.path.realpath(path)
-    best, best_len = "unknown", -1
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                if "-" not in fields[6:]:
-                    continue
-                sep = fields.index("-", 6)
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040 is a space
-                under = point == "/" or real == point or real.startswith(point.rstrip("/") + "/")
-                if under and len(point) >= best_len:  # longest prefix; on a tie the later (upper) mount
-                    best, best_len = fields[sep + 1], len(point)
-    except (OSError, IndexError, ValueError) as e:
-        log.debug("cannot read %s: %s", mountinfo, e)
-    return best
-
-
-def choose_observer(root: str | Path, mode: str = "auto") -> str:
-    """ "polling" or "native" for `mode` auto|native|polling (auto: polling on network filesystems)."""
-    if mode in ("native", "polling"):
-        return mode
-    fs = filesystem_type(root)
-    return "polling" if fs in NETWORK_FILESYSTEMS else "native"
-
-
-if sys.platform.startswith("linux"):
-    from watchdog.observers.inotify import InotifyEmitter
-    from watchdog.observers.inotify_c import InotifyFD
-
-    class _ReportingInotifyFD(InotifyFD):
-        """watchdog's inotify reader, plus a report of overflows and of watch/instance limits."""
-
-        def __init__(self, report: Callable[[str], None]):
-            self._report = report
-            try:
-                super().__init__()
-            except OSError as e:
-                self._report_limit(e)
-                raise
-
-        def _report_limit(self, e: OSError) -> None:
-            if e.errno in _LIMITS:
-                self._report(_LIMITS[e.errno][0])
-
-        def handle_event(self, event) -> None:
-            if event.is_queue_overflow:
-                self._report(OVERFLOW)
-            super().handle_event(event)
-
-        def add_callback(self, path, mask, callback, id_):
-            try:
-                return super().add_callback(path, mask, callback, id_)
-            except OSError as e:  # below the root, watchdog swallows this error: report it here
-                self._report_limit(e)
-                raise
-
-    class _InotifyObserver(BaseObserver):
-        """watchdog's InotifyObserver with our reporting FD (emitters take it as `inotify_fd`)."""
-
-        def __init__(self, report: Callable[[str], None]):
-            self.fd = _ReportingInotifyFD(report)
-            self.fd.start()
-            super().__init__(InotifyEmitter, inotify_fd=self.fd)
-
-        def on_thread_stop(self) -> None:
-            super().on_thread_stop()
-            self.fd.stop()
-            self.fd.join()
 
 
 class _Handler(ev.FileSystemEventHandler):
@@ -269,7 +134,7 @@ class Watcher:
         """The settle thread runs and so does the observer, if one should (the systemd watchdog asks)."""
         if self._thread is None or not self._thread.is_alive() or self._stopping.is_set():
             return False
-        return self._observer is None or _healthy(self._observer)
+        return self._observer is None or observer_healthy(self._observer)
 
     # -- handler side: record only
     def _record(self, event: ev.FileSystemEvent) -> None:
@@ -310,16 +175,7 @@ class Watcher:
         obs: BaseObserver | None = None
         try:
             self._watch_path = os.path.realpath(self.root)
-            if kind == "polling":
-                from watchdog.observers.polling import PollingObserver
-
-                obs = PollingObserver(timeout=self.poll_interval)
-            elif sys.platform.startswith("linux"):
-                obs = _InotifyObserver(self._report)
-            else:
-                from watchdog.observers import Observer
-
-                obs = Observer()
+            obs = make_observer(kind, self._report, self.poll_interval)
             obs.schedule(
                 self._handler,
                 self._watch_path,
@@ -330,10 +186,10 @@ class Watcher:
             obs.start()
         except Exception as e:  # never let a watch failure take the daemon down: reconcile covers it
             if obs is not None:
-                _stop(obs, 5.0)
+                stop_observer(obs, 5.0)
             if not isinstance(e, OSError):
                 log.exception("cannot start the file observer")
-            if getattr(e, "errno", None) not in _LIMITS:  # limits were reported by the FD already
+            if getattr(e, "errno", None) not in LIMITS:  # limits were reported by the FD already
                 self._report(f"cannot watch the library: {e}")
             return
         self._observer, self._backoff = obs, RESTART_BACKOFF[0]
@@ -342,7 +198,7 @@ class Watcher:
 
     def _stop_observer(self, timeout: float = 5.0) -> bool:
         obs, self._observer, self._kind = self._observer, None, "none"
-        return _stop(obs, timeout) if obs is not None else True
+        return stop_observer(obs, timeout) if obs is not None else True
 
     def _root_identity(self) -> tuple[int, int] | None:
         try:
@@ -373,7 +229,7 @@ class Watcher:
             self._root_id = ident
         elif ident is None:
             return
-        elif self._observer is not None and not _healthy(self._observer):
+        elif self._observer is not None and not observer_healthy(self._observer):
             if now >= self._next_start:
                 self._report("file watcher stopped unexpectedly; restarted")
                 self._stop_observer()
@@ -434,25 +290,9 @@ class Watcher:
                 del self._troubles[reason]
         for reason in due:
             self._delivered[reason] = now
-            hint = _HINTS.get(reason)
+            hint = HINTS.get(reason)
             log.warning("file watcher: %s (%s)%s", reason, self.root, f"; {hint}" if hint else "")
             try:
                 self.on_trouble(reason)
             except Exception:
                 log.exception("on_trouble(%r) failed", reason)
-
-
-def _healthy(obs: BaseObserver) -> bool:
-    fd = getattr(obs, "fd", None)
-    return obs.is_alive() and all(e.is_alive() for e in tuple(obs.emitters)) and (fd is None or fd.is_alive())
-
-
-def _stop(obs: BaseObserver, timeout: float) -> bool:
-    """Stop an observer; True when its thread ended (or never started)."""
-    try:
-        obs.stop()
-        if obs.ident is not None:  # started
-            obs.join(timeout)
-    except Exception:
-        log.exception("stopping the file observer failed")
-    return not obs.is_alive()

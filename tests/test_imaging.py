@@ -15,7 +15,8 @@ from images import make_header_only_png, make_photo, photo
 from PIL import Image, ImageCms, features
 
 from simd.errors import ImageError
-from simd.imaging import CONTENT_TYPES, open_image, sniff_format, thumbnail, write_thumbnail
+from simd.formats import CONTENT_TYPES, sniff_format
+from simd.imaging import open_image, thumbnail, write_thumbnail
 
 REPO = Path(__file__).resolve().parents[1]
 RED, WHITE, BLACK = (255, 0, 0), (255, 255, 255), (0, 0, 0)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from simd import observers
 from simd import watcher as watcher_mod
 from simd.ignore import IgnoreRules
-from simd.watcher import OVERFLOW, ROOT_MISSING, Watcher, choose_observer, filesystem_type
+from simd.observers import OVERFLOW, choose_observer, filesystem_type
+from simd.watcher import ROOT_MISSING, Watcher
 
 SETTLE = 0.3
 # watchdog warns when `mkdir -p` makes it add the same callback twice (harmless, see simd/watcher.py);
@@ -369,7 +371,7 @@ def test_filesystem_type_from_mountinfo(tmp_path):
 @pytest.mark.parametrize("fs, expected", [("nfs4", "polling"), ("cifs", "polling"), ("fuse.sshfs", "polling"),
                                           ("ext4", "native"), ("btrfs", "native"), ("unknown", "native")])
 def test_auto_chooses_polling_on_network_filesystems(monkeypatch, tmp_path, fs, expected):
-    monkeypatch.setattr(watcher_mod, "filesystem_type", lambda path: fs)
+    monkeypatch.setattr(observers, "filesystem_type", lambda path: fs)
     assert choose_observer(tmp_path, "auto") == expected
     assert choose_observer(tmp_path, "native") == "native"
     assert choose_observer(tmp_path, "polling") == "polling"

@@ -85,7 +85,8 @@ def load_backbone(
     """
     if name == "auto":
         status = resnet.resolve_weights(weights)
-        failed_lately = resnet.recent_download_failure() if status.path is None and not weights else None
+        may_download = allow_download and status.path is None and not weights
+        failed_lately = resnet.recent_download_failure() if may_download else None
         try:
             return _load_resnet(resnet.find_weights(weights, allow_download=allow_download and not failed_lately))
         except WeightsUnavailable as e:  # none found, download failed, or a file Keras cannot load

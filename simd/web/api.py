@@ -14,8 +14,8 @@ import stat
 from flask import Blueprint, request, send_file, url_for
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
-from simd import imaging
 from simd.errors import BadRequest, ImageError, NotFound, TooLarge
+from simd.formats import CONTENT_TYPES, sniff_format
 from simd.search import parse_k, parse_min_score
 from simd.web.context import context, service
 
@@ -135,7 +135,7 @@ def image_file(image_id: str):
     real = service().resolve_file(iid)
     fh, st = _open_regular(real, iid)
     try:
-        mime = imaging.CONTENT_TYPES.get(imaging.sniff_format(os.pread(fh.fileno(), 256, 0)) or "")
+        mime = CONTENT_TYPES.get(sniff_format(os.pread(fh.fileno(), 256, 0)) or "")
         if mime is None:
             raise ImageError(real.name, "not an image simd can serve")
     except BaseException:

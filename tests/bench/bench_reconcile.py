@@ -55,7 +55,7 @@ FILES_PER_DIR = 100
 def machine() -> dict[str, str]:
     fs = "unknown"
     try:
-        from simd.watcher import filesystem_type
+        from simd.observers import filesystem_type
         fs = filesystem_type(tempfile.gettempdir())
     except Exception:  # informative only
         pass
