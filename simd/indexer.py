@@ -92,6 +92,20 @@ class Summary:
         return ", ".join(parts)
 
 
+@dataclass(slots=True)
+class Write:
+    """One file's outcome in a chunk, queued for the chunk's one transaction. `outcome`: "ok" (store
+    `vector`), "failed" (record `error`), "touched" (same bytes: update the stat) or "vanished"
+    (gone since the scan: drop its row); `kind`: why it was in the plan (new, changed, stale, moved)."""
+
+    outcome: str
+    file: DiskFile
+    kind: str
+    digest: str | None = None
+    vector: np.ndarray | None = None
+    error: str | None = None
+
+
 class Reconciler:
     """Owns the writer `Store`; must be used from one thread only."""
 
@@ -184,21 +198,21 @@ class Reconciler:
         moved_hashes: set[str],
         summary: Summary,
     ) -> None:
-        writes: list[tuple] = []  # ("ok", f, hash, vec, kind) | ("failed", f, hash, reason, kind) | ...
+        writes: list[Write] = []
         to_embed: dict[str, list[tuple[str, DiskFile]]] = {}  # hash -> files with that new content
         for kind, f in chunk:
             abs_path = self.root / f.path
             try:
                 digest = file_hash(abs_path)
             except FileNotFoundError:
-                writes.append(("vanished", f, None, None, kind))
+                writes.append(Write("vanished", f, kind))
                 continue
             except OSError as e:
-                writes.append(("failed", f, None, f"cannot read: {e.strerror or e}", kind))
+                writes.append(Write("failed", f, kind, error=f"cannot read: {e.strerror or e}"))
                 continue
             rec = records.get(f.path)
             if kind == "changed" and rec and rec.hash == digest and rec.state == "ok" and rec.model == self.model:
-                writes.append(("touched", f, digest, None, kind))
+                writes.append(Write("touched", f, kind, digest))
                 continue
             vec = self._reusable(digest)
             if vec is not None:
@@ -208,7 +222,7 @@ class Reconciler:
                     kind = "moved"  # counted as moved, not as new
                 else:
                     self._note_reuse(kind, f, summary)
-                writes.append(("ok", f, digest, vec, kind))
+                writes.append(Write("ok", f, kind, digest, vector=vec))
                 continue
             to_embed.setdefault(digest, []).append((kind, f))
         if to_embed:
@@ -219,11 +233,11 @@ class Reconciler:
             for (digest, files), result in zip(to_embed.items(), results, strict=True):
                 for i, (kind, f) in enumerate(files):
                     if isinstance(result, ImageError):
-                        writes.append(("failed", f, digest, result.reason, kind))
+                        writes.append(Write("failed", f, kind, digest, error=result.reason))
                     else:
                         if i:
                             self._note_reuse(kind, f, summary, files[0][1].path)
-                        writes.append(("ok", f, digest, np.asarray(result, dtype=np.float32), kind))
+                        writes.append(Write("ok", f, kind, digest, vector=np.asarray(result, dtype=np.float32)))
         self._commit(writes, summary)
 
     @staticmethod
@@ -233,30 +247,31 @@ class Reconciler:
             summary.copied += 1
         log.info("%s: byte-identical to %s; its vector is reused", f.path, twin or "an indexed image")
 
-    def _commit(self, writes: list[tuple], summary: Summary) -> None:
+    def _commit(self, writes: list[Write], summary: Summary) -> None:
         upserts: list[tuple[int, np.ndarray]] = []
         removed: list[int] = []
         vanished: list[int] = []
         with self.store.batch():
-            for what, f, digest, payload, kind in writes:
-                if what == "ok":
-                    image_id = self.store.put_ok(f.path, f.size, f.mtime_ns, digest, self.model, payload)
-                    upserts.append((image_id, payload))
-                    if kind == "new":
+            for w in writes:
+                f = w.file
+                if w.outcome == "ok" and w.vector is not None:
+                    image_id = self.store.put_ok(f.path, f.size, f.mtime_ns, w.digest, self.model, w.vector)
+                    upserts.append((image_id, w.vector))
+                    if w.kind == "new":
                         summary.new += 1
-                    elif kind == "changed":
+                    elif w.kind == "changed":
                         summary.changed += 1
-                    elif kind == "stale":
+                    elif w.kind == "stale":
                         summary.reembedded += 1
-                elif what == "failed":
-                    image_id = self.store.put_failed(f.path, f.size, f.mtime_ns, digest, payload)
+                elif w.outcome == "failed":
+                    image_id = self.store.put_failed(f.path, f.size, f.mtime_ns, w.digest, w.error or "failed")
                     removed.append(image_id)
                     summary.failed += 1
-                    log.warning("skipping %s: %s", f.path, payload)
-                elif what == "touched":
+                    log.warning("skipping %s: %s", f.path, w.error)
+                elif w.outcome == "touched":
                     self.store.update_stat(f.path, f.size, f.mtime_ns)
                     summary.touched += 1
-                elif what == "vanished":
+                elif w.outcome == "vanished":
                     vanished.extend(self.store.delete_paths([f.path]))
         removed += vanished
         if self.vectors is not None:
