@@ -73,14 +73,16 @@ def cmd_query(config: cfg.Config, args) -> int:
         result = service.similar(path=rel, k=k)
     else:
         data = _read_query_image(image)  # refuse a bad file before loading a model, and say why
-        result = ask_similar(config, state_dir, data, image.name, k)
-        if result is None:
+        answer = ask_similar(config, state_dir, data, image.name, k)
+        if answer is not None:
+            result = answer
+        else:
             model = service.runtime.model or ""
             backbone, _, descriptor = model.partition("+")
             embedder = Embedder.from_config(config, model=backbone, descriptor=descriptor or "default")
             if embedder.model_id != model:
                 raise SimdError(f"the index was built with {model}, which this simd cannot reproduce")
-            service.attach(service.vectors, embedder=embedder)
+            service.set_embedder(embedder)
             result = service.similar(data=data, name=str(image), k=k)
     if args.json:
         print(json.dumps(result))

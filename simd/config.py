@@ -10,7 +10,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,26 +215,26 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    environ = os.environ if environ is None else environ
+def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    env: Mapping[str, str] = os.environ if environ is None else environ
     out = {}
     for s in SETTINGS:
         key = "SIMD_" + s.name.upper()
-        if key in environ:
-            out[s.name] = environ[key]
+        if key in env:
+            out[s.name] = env[key]
     return out
 
 
 def load(
-    config_file: str | None = None, flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+    config_file: str | None = None, flags: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
     """Merge file, env and flags (flags whose value is None are 'not given') and validate."""
     values: dict[str, Any] = {}
-    environ = os.environ if environ is None else environ
-    config_file = config_file or environ.get("SIMD_CONFIG")
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    config_file = config_file or env.get("SIMD_CONFIG")
     if config_file:
         values.update(read_toml(config_file))
-    values.update(read_env(environ))
+    values.update(read_env(env))
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
     return Config(values).validate()
 

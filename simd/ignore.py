@@ -52,7 +52,7 @@ def _globs(patterns: Iterable[str]) -> re.Pattern | None:
     return re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
 
 
-_TEMP = _globs(TEMP_PATTERNS)
+_TEMP = re.compile("|".join(fnmatch.translate(p) for p in TEMP_PATTERNS))
 
 
 class IgnoreRules:
@@ -94,4 +94,5 @@ class IgnoreRules:
         low = name.lower()
         if low in SYSTEM_NAMES or (not is_dir and _TEMP.match(low)):
             return True
-        return self._user is not None and bool(self._user.match(low) or self._user.match(rel_path.lower()))
+        user = self._user
+        return user is not None and bool(user.match(low) or user.match(rel_path.lower()))

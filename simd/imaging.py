@@ -58,11 +58,11 @@ def _plugin_available(fmt: str) -> bool:
     """HEIF/AVIF need optional plugins, imported on first use only (keeps `import simd` light)."""
     try:
         if fmt == "heif":
-            import pillow_heif  # type: ignore[import-not-found]
+            import pillow_heif
 
             pillow_heif.register_heif_opener()
         elif fmt == "avif" and not features.check_module("avif"):  # built into recent Pillow wheels
-            import pillow_avif  # type: ignore[import-not-found]  # noqa: F401 - registers on import
+            import pillow_avif  # noqa: F401 - registers on import
     except ImportError:
         return False
     return True

@@ -137,8 +137,12 @@ class SearchService:
         """Start serving: the index the indexer keeps in step, the embedder for uploads (None: uploads
         answer NotReady) and what a rescan request calls (None: nothing)."""
         self.vectors = vectors
-        self._embedder = embedder
+        self.set_embedder(embedder)
         self._rescan = rescan or (lambda: None)
+
+    def set_embedder(self, embedder: Any) -> None:
+        """The model that embeds uploads (None: uploads answer NotReady, as while it loads)."""
+        self._embedder = embedder
 
     # -- store access: one read-only connection per thread (sqlite connections are not shared)
     def _store(self) -> Store:

@@ -63,7 +63,9 @@ class _Pending:
     __slots__ = ("last_event", "sig", "sig_time")
 
     def __init__(self, last_event: float):
-        self.last_event, self.sig, self.sig_time = last_event, None, 0.0
+        self.last_event = last_event
+        self.sig: object = None  # (size, mtime_ns) at the first look since the last event
+        self.sig_time = 0.0
 
 
 class Watcher:
@@ -255,7 +257,7 @@ class Watcher:
                 self._pending[rel] = _Pending(t)
             else:
                 p.last_event, p.sig = max(p.last_event, t), None
-        ready = set()
+        ready: set[str] = set()
         for rel, p in self._pending.items():
             if p.sig is None:  # first look since the last event
                 p.sig, p.sig_time = self._signature(rel), now

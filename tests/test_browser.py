@@ -213,14 +213,14 @@ def test_page_against_local_server(browser, local_server, tmp_path):
 
     # not ready: 503 explained
     env.runtime.update(model=None, phase="starting")
-    env.service.attach(env.service.vectors, embedder=None)  # the model is still loading
+    env.service.set_embedder(None)  # the model is still loading
     page.get_by_test_id("file-input").set_input_files(str(upload))
     expect(page.get_by_test_id("message")).to_contain_text("Not ready yet")
 
     # a narrow screen still works (responsive grid)
     page.set_viewport_size({"width": 420, "height": 900})
     env.runtime.update(model="histogram-test", phase="idle")
-    env.service.attach(env.service.vectors, embedder=env.embedder)
+    env.service.set_embedder(env.embedder)
     page.get_by_test_id("file-input").set_input_files(str(upload))
     expect(results(page)).to_have_count(10)
     mobile_shot = shot(page, "browser-local-narrow.png")

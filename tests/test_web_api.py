@@ -264,7 +264,7 @@ def test_an_upload_with_id_or_path_is_refused_not_half_understood(client, env):
 
 def test_503_before_the_model_is_ready(client, env):
     env.runtime.update(model=None, phase="starting")
-    env.service.attach(env.service.vectors, embedder=None)  # the model is still loading
+    env.service.set_embedder(None)  # the model is still loading
     data = env.path_of("garden/photo04.jpg").read_bytes()
     assert_error(client.post("/api/similar", data=data, content_type="image/jpeg"), 503, "not_ready")
     assert_error(client.get(f"/api/similar?id={env.ids['garden/photo04.jpg']}"), 503, "not_ready")

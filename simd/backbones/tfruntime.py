@@ -33,7 +33,7 @@ def _is_noise(line: bytes, level: int) -> bool:
     if _ABSL_NOTICE in line or _CONTINUATION in line:
         return True
     m = _NATIVE_LOG.match(line)
-    return bool(m) and "IWEF".index(m.group(1).decode()) < level
+    return m is not None and "IWEF".index(m.group(1).decode()) < level
 
 
 def import_tf() -> Any:

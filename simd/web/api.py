@@ -148,8 +148,11 @@ def image_file(image_id: str):
 def image_thumb(image_id: str):
     iid = _image_id(image_id)
     real = service().resolve_file(iid)
+    thumbs = context().thumbs
+    if thumbs is None:
+        raise NotFound(f"image {iid} has no thumbnail")
     try:
-        thumb = context().thumbs.get(iid, real)
+        thumb = thumbs.get(iid, real)
     except ImageError as e:  # never show the server's absolute paths to a client
         raise ImageError(service().get_image(iid)["path"], e.reason) from None
     fh, st = _open_regular(thumb, iid)

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Request, current_app, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from simd import __version__
@@ -26,6 +27,10 @@ MULTIPART_SLACK = 64 * 1024
 # a text field of a form, and the multipart decoder's buffer (see create_app)
 FORM_MEMORY_LIMIT = 1024 * 1024
 MAX_FORM_PARTS = 16
+
+
+class _OrderedJSON(DefaultJSONProvider):
+    sort_keys = False  # keep the documented field order (model, query, results)
 
 
 class UploadRequest(Request):
@@ -57,7 +62,7 @@ def create_app(config: Config | dict | None = None, service: Any = None) -> Flas
         MAX_FORM_PARTS=MAX_FORM_PARTS,
         SEND_FILE_MAX_AGE_DEFAULT=None,
     )
-    app.json.sort_keys = False  # keep the documented field order (model, query, results)
+    app.json = _OrderedJSON(app)
     app.extensions["simd"] = web
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
