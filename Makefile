@@ -56,8 +56,11 @@ test: $(VENV)/.installed-test
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
 
+# Lint gates every change (.ci/run runs it before the tests): rules, formatting, types.
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check simd tests
+	$(BIN)/ruff format --check simd tests
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python tests/bench/bench_decode.py

@@ -17,7 +17,7 @@ class Runtime:
     dim: int | None = None
     progress: dict | None = None  # the current reconcile: {"phase", "done", "total", "started_at"}
     last_error: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def update(self, **changes) -> None:
         if "phase" in changes and changes["phase"] not in PHASES:
