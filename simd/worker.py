@@ -92,20 +92,19 @@ class IndexWorker:
             )
 
     def _run(self) -> None:
-        store = Store(self.db_path)
-        reconciler = Reconciler(
-            self.root,
-            store,
-            self.embedder,
-            self.vectors,
-            self.ignore,
-            follow_symlinks=self.follow_symlinks,
-            chunk_size=self.chunk_size,
-            on_progress=self._progress,
-            on_deleted=self.on_deleted,
-            stop=self._stop,
-        )
-        try:
+        with Store(self.db_path) as store:  # the only writer connection, made in this thread
+            reconciler = Reconciler(
+                self.root,
+                store,
+                self.embedder,
+                self.vectors,
+                self.ignore,
+                follow_symlinks=self.follow_symlinks,
+                chunk_size=self.chunk_size,
+                on_progress=self._progress,
+                on_deleted=self.on_deleted,
+                stop=self._stop,
+            )
             while not self._stop.is_set():
                 try:
                     item = self._queue.get(timeout=1.0)
@@ -117,8 +116,6 @@ class IndexWorker:
                 if self._stop.is_set():
                     break
                 self._one_run(reconciler, None if full else paths)
-        finally:
-            store.close()
 
     def _drain(self, first) -> tuple[bool, set[str]]:
         full, paths, item = False, set(), first
