@@ -15,7 +15,7 @@ from pathlib import Path
 
 from simd.errors import LibraryOffline
 from simd.ignore import IgnoreRules
-from simd.store import FileRecord
+from simd.storevalues import FileRecord
 
 HASH_CHUNK = 1 << 20
 
@@ -35,10 +35,6 @@ class Plan:
     gone: list[FileRecord] = field(default_factory=list)
     unchanged: int = 0
     scanned: int = 0
-
-    @property
-    def work(self) -> int:
-        return len(self.new) + len(self.changed) + len(self.stale)
 
 
 def check_root(root: Path) -> None:

@@ -1,4 +1,6 @@
-"""All SQL of simd: the `images` and `meta` tables of one SQLite file, through sqlite-utils.
+"""The SQL of simd: reads and writes of the `images` and `meta` tables of one SQLite file, through
+sqlite-utils. The tables themselves (schema, numbered migrations) are `simd.storeschema`'s; a writer
+migrates when it opens the file, a reader only checks the version.
 
 Threading: a `Store` owns one connection, guarded by the Store's lock, so a Store may be shared
 between threads (every call is serialised; a `batch()` holds the lock until it ends). The daemon
@@ -24,46 +26,23 @@ from urllib.parse import quote
 import numpy as np
 from sqlite_utils import Database
 
+from simd import storeschema
 from simd.errors import NotFound, SimdError
 from simd.storevalues import VEC_DTYPE, FileRecord, casefold, from_blob, make_private_dirs, to_blob
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 _INFO_COLUMNS = "id, path, size, mtime_ns, hash, state, error, model, dim, created_at, updated_at"
 _CHUNK = 500  # ids / paths per IN (...) statement, well under SQLite's variable limit
 
 
-_SCHEMA_V1 = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
-    """CREATE TABLE images (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        path TEXT NOT NULL UNIQUE,          -- relative to the library root, '/' separators
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        hash TEXT,                          -- BLAKE2b hex of the bytes; NULL if never read
-        state TEXT NOT NULL CHECK (state IN ('ok', 'failed')),
-        error TEXT,
-        model TEXT,
-        dim INTEGER,
-        vector BLOB,                        -- little-endian float32 * dim; NULL when failed
-        created_at REAL,
-        updated_at REAL
-    )""",
-    "CREATE INDEX images_hash ON images (hash)",
-    "CREATE INDEX images_model_state ON images (model, state)",
-)
-
-
 def _subtree(prefix: str) -> tuple[str, list]:
-    """WHERE clause for `prefix` itself and everything under `prefix/`.
+    """WHERE clause for `prefix` itself and everything under `prefix/` (a non-empty path without
+    leading or trailing '/').
 
     A range on the (binary-collated, unique-indexed) path column rather than LIKE: it is
     case-sensitive, needs no escaping of `%`/`_`, and uses the index. Every path that starts with
     "a/b/" sorts in ["a/b/", "a/b0") because "0" is the character after "/".
     """
-    prefix = prefix.strip("/")
-    if not prefix:
-        raise ValueError("an empty prefix names the whole library")
     return "(path = ? OR (path >= ? AND path < ?))", [prefix, prefix + "/", prefix + "0"]
 
 
@@ -98,63 +77,18 @@ class Store:
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.db.execute("PRAGMA foreign_keys = ON")
             if readonly:
-                self._check_version(self._read_version())
+                storeschema.check_version(storeschema.read_version(self.db), self.path, readonly=True)
             else:
                 self.db.enable_wal()
                 self.db.execute("PRAGMA synchronous = NORMAL")
                 self.db.execute("PRAGMA journal_size_limit = 67108864")  # trim the WAL after big batches
-                self._migrate()
+                storeschema.migrate(self.db, self.path)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise SimdError(f"cannot use the index {self.path}: {e}") from None
         except BaseException:
             conn.close()
             raise
-
-    # -- schema -------------------------------------------------------------------------------
-
-    def _read_version(self) -> int:
-        if not self.db.table("meta").exists():
-            return 0
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return int(row[0]) if row else 0
-
-    def _check_version(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise SimdError(
-                f"the index {self.path} has schema version {version}, newer than this simd "
-                f"understands ({SCHEMA_VERSION}); upgrade simd or use another --state-dir"
-            )
-        if self.readonly and version < SCHEMA_VERSION:
-            raise NotFound(
-                f"the index {self.path} is not initialised or needs an upgrade "
-                f"(schema version {version}); run `simd index` first"
-            )
-
-    def _migrate(self) -> None:
-        """Numbered migrations, all in one BEGIN IMMEDIATE transaction (as rclip's `if version < N`)."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._read_version()
-                self._check_version(version)
-                if version < 1:
-                    # Plain DDL: a migration must produce the same schema whatever library writes it.
-                    # AUTOINCREMENT: an id is never reused, so a stale id never names another image.
-                    for sql in _SCHEMA_V1:
-                        self.db.execute(sql)
-                # Future steps go here: `if version < 2: ...`, each bringing the schema one step on.
-                if version < SCHEMA_VERSION:
-                    self._put_meta("schema_version", str(SCHEMA_VERSION))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.rollback()
-                raise
-
-    @property
-    def schema_version(self) -> int:
-        with self._lock:
-            return self._read_version()
 
     def close(self) -> None:
         with self._lock:
@@ -184,9 +118,11 @@ class Store:
     # -- reads --------------------------------------------------------------------------------
 
     def records(self, prefix: str | None = None) -> dict[str, FileRecord]:
+        """Every row's record by path; with `prefix` ("a/b"), only the path "a/b" and those under
+        "a/b/" (never "a/bc"); an empty prefix is the whole library."""
         sql = "SELECT id, path, size, mtime_ns, hash, state, model FROM images"
         params: list = []
-        if prefix is not None and prefix.strip("/"):
+        if prefix := (prefix or "").strip("/"):
             where, params = _subtree(prefix)
             sql += " WHERE " + where
         with self._lock:
@@ -268,7 +204,8 @@ class Store:
     def list_images(self, offset: int, limit: int, q: str = "", state: str | None = None) -> tuple[list[dict], int]:
         """A page of rows ordered by path, and the number matching; `q`: case-insensitive substring;
         `state`: only rows in that state ('ok' or 'failed'), None for all."""
-        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        where = "WHERE state = ?" if state else ""
+        params: list[object] = [state] if state else []
         if q:
             where += " AND " if where else "WHERE "
             if q.isascii() and self._all_ascii():  # LIKE folds ASCII case only, C-fast, no Python per row
@@ -323,15 +260,6 @@ class Store:
         with self._lock:
             row = self.db.execute("SELECT dim FROM images WHERE state = 'ok' AND model = ? LIMIT 1", [model]).fetchone()
         return int(row[0]) if row and row[0] else 0
-
-    def stale_paths(self, model: str, limit: int | None = None) -> list[str]:
-        sql = "SELECT path FROM images WHERE state = 'ok' AND model IS NOT ? ORDER BY path"
-        params: list = [model]
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
-        with self._lock:
-            return [r[0] for r in self.db.execute(sql, params).fetchall()]
 
     def integrity_ok(self) -> bool:
         """PRAGMA integrity_check says 'ok' (a malformed file gives False, not an exception)."""
@@ -430,10 +358,3 @@ class Store:
                     for r in self._write(f"DELETE FROM images WHERE path IN ({marks}) RETURNING id", chunk).fetchall()
                 ]
         return deleted
-
-    def delete_prefix(self, prefix: str) -> list[int]:
-        """Delete the subtree `prefix` ("a/b": the path "a/b" and everything under "a/b/", never
-        "a/bc"); returns the deleted ids. An empty prefix (the whole library) is refused."""
-        where, params = _subtree(prefix)
-        with self._lock:
-            return [r[0] for r in self._write(f"DELETE FROM images WHERE {where} RETURNING id", params).fetchall()]

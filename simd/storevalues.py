@@ -1,6 +1,6 @@
 """Values as the store keeps them: vectors as little-endian float32 BLOBs, names folded for the name
 filter, the record a reconcile reads, and the state dir's private folders. No SQL here (that is
-`simd.store`'s alone)."""
+`simd.store`'s, and `simd.storeschema`'s for the tables themselves)."""
 
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ Rows are L2-normalised float32, so cosine similarity is one matrix-vector produc
 preallocated and grows by doubling (amortised O(1) upsert; unused capacity is address space, not
 RAM); a removal moves the last row into the hole; `_row` maps id -> row.
 
-Threads: `_lock` guards the published state (transform, matrix, ids, count, id -> row); a search
-holds it for its product, so it sees one consistent state. Writers are serialised by `_write_lock`
-and take `_lock` only to publish, so a long rebuild does not stall searches.
+Threads: `_lock` guards the published state (matrix, ids, count, id -> row); a search holds it for
+its product, so it sees one consistent state. Writers are serialised by `_write_lock` and take
+`_lock` only to publish, so a long rebuild does not stall searches.
 
 Large indexes also keep an int8 copy of the matrix (`simd.quantized`): a search scans it, a quarter
 of the bytes, for the few rows whose score bounds reach the top k and rescores only those, with the
@@ -15,21 +15,20 @@ float64 scores are equal, ordered by id). `coarse_min_values` sets from what siz
 is used. The matrix given to `replace_all` is owned by the index from then on: changing it behind
 the index's back would leave the int8 copy stale.
 
-Transform hook (e.g. the PCA-whitening of `simd.whitening`): `fn((m, dim) float32) -> (m, out_dim)`
-is applied to raw vectors as they enter and to raw queries; the matrix holds the transformed,
-normalised rows, and raw vectors are not kept: `set_transform(fn, rebuild_from=(ids, raw))`.
+The rows are the stored vectors themselves (normalised). A transform learned from the library
+(DESIGN) would be applied where this matrix is built and to each query; none is, as PCA-whitening
+did not help (docs/QUALITY.md).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from simd import quantized
 
-Transform = Callable[[np.ndarray], np.ndarray]
 _NORM_TOL = 1e-4  # rows already this close to unit norm are kept bit-exact
 _ROW_NORM_MAX = 1 + 2 * _NORM_TOL  # so no row's norm exceeds this
 
@@ -44,36 +43,29 @@ class VectorIndex:
     def __init__(self, dim: int):
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        self.dim = int(dim)  # size of the vectors given to upsert/replace_all/search
-        self._transform: Transform | None = None  # published with the matrix, under _lock
+        self.dim = int(dim)  # size of the vectors given to upsert/replace_all/search, and of the rows
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._mat = np.empty((0, self.dim), np.float32)
-        self._ids = np.empty(0, np.int64)
+        self._mat: np.ndarray = np.empty((0, self.dim), np.float32)
+        self._ids: np.ndarray = np.empty(0, np.int64)
         self._n = 0
         self._row: dict[int, int] = {}
         self._codes, self._scale, self._resid = quantized.encode(self._mat)  # row r of each: row r of _mat
 
     # -- input ---------------------------------------------------------------------------------
 
-    def _prepare(self, vectors: np.ndarray, fn: Transform | None, *, adopt: bool = False) -> np.ndarray:
-        """(m, dim) raw -> (m, out_dim) float32 C-contiguous unit rows; with `adopt`, a float32
-        C-contiguous writable input is used (and normalised) in place."""
+    def _prepare(self, vectors: np.ndarray, *, adopt: bool = False) -> np.ndarray:
+        """(m, dim) -> (m, dim) float32 C-contiguous unit rows; with `adopt`, a float32 C-contiguous
+        writable input is used (and normalised) in place."""
         v = np.asarray(vectors)
         if v.ndim == 1:
             v = v[None, :]
         if v.ndim != 2 or (v.shape[1] != self.dim and v.shape[0] > 0):
             raise ValueError(f"expected vectors of shape (m, {self.dim}), got {np.shape(vectors)}")
-        m = v.shape[0]
-        if fn is not None and m:
-            v = np.ascontiguousarray(fn(v.astype(np.float32, copy=False)), dtype=np.float32)
-            if v.ndim != 2 or v.shape[0] != m:
-                raise ValueError(f"the transform returned shape {v.shape} for {m} vectors")
-            adopt = True  # a fresh array
-        elif v.dtype != np.float32 or not v.flags.c_contiguous or (adopt and not v.flags.writeable):
+        if v.dtype != np.float32 or not v.flags.c_contiguous or (adopt and not v.flags.writeable):
             v, adopt = np.array(v, dtype=np.float32, order="C"), True
-        if m == 0:
-            return np.empty((0, self.out_dim), np.float32)
+        if v.shape[0] == 0:
+            return np.empty((0, self.dim), np.float32)
         sq = np.einsum("ij,ij->i", v, v)  # no (m, dim) temporary, unlike np.linalg.norm
         if not (np.isfinite(sq).all() and (sq > 0).all()):
             raise ValueError("vectors must be finite and non-zero")
@@ -85,76 +77,49 @@ class VectorIndex:
             v[off] /= norms[off, None]
         return v
 
-    @property
-    def out_dim(self) -> int:
-        """Size of the rows of the matrix (`dim` unless a transform changes it)."""
-        return self._mat.shape[1]
-
-    @property
-    def transform(self) -> Transform | None:
-        return self._transform
-
     # -- writes --------------------------------------------------------------------------------
 
-    def replace_all(self, ids: np.ndarray, matrix: np.ndarray) -> None:
-        """Replace the whole content with raw vectors. The index takes ownership of `matrix` when it
-        is float32, C-contiguous and writable (no copy; rows off unit norm are normalised in place),
-        so `replace_all(*store.load_vectors(model))` holds the matrix once."""
+    def replace_all(self, ids: Sequence[int] | np.ndarray, matrix: np.ndarray) -> None:
+        """Replace the whole content. The index takes ownership of `matrix` when it is float32,
+        C-contiguous and writable (no copy; rows off unit norm are normalised in place), so
+        `replace_all(*store.load_vectors(model))` holds the matrix once."""
         with self._write_lock:
-            self._replace(ids, matrix, self._transform, adopt=True)
-
-    def set_transform(self, fn: Transform | None, rebuild_from: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """Use `fn` from now on (None: identity), rebuilding the matrix from the raw vectors
-        `rebuild_from=(ids, raw)` (taken over as by `replace_all` when `fn` is None); only an empty
-        index may change its transform without them."""
-        with self._write_lock:
-            if rebuild_from is None:
-                if self._n:
-                    raise ValueError("changing the transform of a non-empty index needs rebuild_from=(ids, raw)")
-                rebuild_from = (np.empty(0, np.int64), np.empty((0, self.dim), np.float32))
-            self._replace(*rebuild_from, fn, adopt=fn is None)
-
-    def _replace(self, ids, matrix, fn: Transform | None, *, adopt: bool) -> None:
-        ids = np.array(ids, dtype=np.int64).ravel()
-        if len(ids) == 0 and np.size(matrix) == 0:  # also Store.load_vectors' (0, 0) when empty
-            out_dim = self.dim if fn is None else int(np.shape(fn(np.ones((1, self.dim), np.float32)))[1])
-            mat = np.empty((0, out_dim), np.float32)
-        else:
-            mat = self._prepare(matrix, fn, adopt=adopt)
-        if len(ids) != len(mat):
-            raise ValueError(f"{len(ids)} ids for {len(mat)} vectors")
-        row = {i: r for r, i in enumerate(ids.tolist())}
-        if len(row) != len(ids):
-            raise ValueError("duplicate ids")
-        coarse = quantized.encode(mat)
-        with self._lock:  # a transform and the matrix it made are published together
-            self._transform = fn
-            self._mat, self._ids, self._n, self._row = mat, ids, len(ids), row
-            self._codes, self._scale, self._resid = coarse
+            id_arr = np.array(ids, dtype=np.int64).ravel()
+            if len(id_arr) == 0 and np.size(matrix) == 0:  # also Store.load_vectors' (0, 0) when empty
+                mat = np.empty((0, self.dim), np.float32)
+            else:
+                mat = self._prepare(matrix, adopt=True)
+            if len(id_arr) != len(mat):
+                raise ValueError(f"{len(id_arr)} ids for {len(mat)} vectors")
+            row = {i: r for r, i in enumerate(id_arr.tolist())}
+            if len(row) != len(id_arr):
+                raise ValueError("duplicate ids")
+            coarse = quantized.encode(mat)
+            with self._lock:
+                self._mat, self._ids, self._n, self._row = mat, id_arr, len(id_arr), row
+                self._codes, self._scale, self._resid = coarse
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Insert or overwrite; within one call a repeated id keeps its last vector."""
-        ids = [int(i) for i in ids]
+        id_list = [int(i) for i in ids]
         with self._write_lock:
-            v = self._prepare(vectors, self._transform)
-            if len(ids) != len(v):
-                raise ValueError(f"{len(ids)} ids for {len(v)} vectors")
-            if not ids:
+            v = self._prepare(vectors)
+            if len(id_list) != len(v):
+                raise ValueError(f"{len(id_list)} ids for {len(v)} vectors")
+            if not id_list:
                 return
-            if v.shape[1] != self.out_dim:
-                raise ValueError(f"vectors of size {v.shape[1]} for a matrix of size {self.out_dim}")
-            last = {i: j for j, i in enumerate(ids)}  # id -> its last position in the call
+            last = {i: j for j, i in enumerate(id_list)}  # id -> its last position in the call
             old = [(self._row[i], j) for i, j in last.items() if i in self._row]
             new = [(i, j) for i, j in last.items() if i not in self._row]
             n, need = self._n, self._n + len(new)
-            arrays = [self._mat, self._ids, self._codes, self._scale, self._resid]  # row-aligned
+            arrays: list[np.ndarray] = [self._mat, self._ids, self._codes, self._scale, self._resid]  # row-aligned
             if need > len(arrays[0]):  # grow by doubling, copying outside `_lock` (writers are serialised)
                 cap = max(16, 2 * len(arrays[0]), need)
                 grown = [np.empty((cap, *a.shape[1:]), a.dtype) for a in arrays]
                 for g, a in zip(grown, arrays, strict=True):
                     g[:n] = a[:n]
                 arrays = grown
-            values = [v, None, *quantized.encode(v)]  # None: the ids, set below
+            values: list[np.ndarray | None] = [v, None, *quantized.encode(v)]  # None: the ids, set below
             if new:  # rows past n are invisible to searches until n is published
                 picks = [j for _, j in new]
                 for a, val in zip(arrays, values, strict=True):
@@ -173,7 +138,7 @@ class VectorIndex:
     def remove(self, ids: Iterable[int]) -> None:
         """Remove these ids (unknown ones are ignored): each hole gets the last row."""
         with self._write_lock, self._lock:
-            arrays = [self._mat, self._ids, self._codes, self._scale, self._resid]  # row-aligned
+            arrays: list[np.ndarray] = [self._mat, self._ids, self._codes, self._scale, self._resid]  # row-aligned
             id_arr, row = self._ids, self._row
             for i in ids:
                 r = row.pop(int(i), None)
@@ -197,40 +162,24 @@ class VectorIndex:
         return image_id in self._row
 
     def get(self, image_id: int) -> np.ndarray | None:
-        """A copy of the row in the matrix, or None. With a transform set this is the transformed
-        row, not a raw vector: use `search_by_id` to search from it, never store it."""
+        """A copy of the row in the matrix (the vector, normalised), or None."""
         with self._lock:
             r = self._row.get(int(image_id))
             return None if r is None else self._mat[r].copy()
 
     def search(self, query: np.ndarray, k: int, exclude_ids: Iterable[int] = ()) -> list[tuple[int, float]]:
-        """The k best (id, cosine score) for a raw query vector, best first; ties by id ascending;
+        """The k best (id, cosine score) for a query vector, best first; ties by id ascending;
         exact. k larger than the index returns everything not excluded."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         q = np.asarray(query, dtype=np.float32).ravel()
         if q.shape != (self.dim,):
             raise ValueError(f"expected a query of size {self.dim}, got {np.shape(query)}")
+        norm = float(np.sqrt(np.dot(q, q)))
+        if not np.isfinite(norm) or norm == 0:
+            raise ValueError("the query vector must be finite and non-zero")
+        q = q / norm
         with self._lock:
-            if self._transform is not None:  # under the lock: the matrix was made with this one
-                q = np.asarray(self._transform(q[None, :]), dtype=np.float32).ravel()
-            norm = float(np.sqrt(np.dot(q, q)))
-            if not np.isfinite(norm) or norm == 0:
-                raise ValueError("the query vector must be finite and non-zero")
-            q = q / norm
-            found = self._candidates(q, k, exclude_ids)
-        return _best(q, k, *found)
-
-    def search_by_id(self, image_id: int, k: int, exclude_ids: Iterable[int] = ()) -> list[tuple[int, float]] | None:
-        """As `search`, from the row of an indexed image (transformed already, if a transform is
-        set); None if the id is not in the index. The id itself is not excluded unless listed."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        with self._lock:
-            r = self._row.get(int(image_id))
-            if r is None:
-                return None
-            q = self._mat[r].copy()
             found = self._candidates(q, k, exclude_ids)
         return _best(q, k, *found)
 

@@ -28,8 +28,13 @@ def kinds(n, dim, seed):
     spike[np.arange(n), rng.integers(dim, size=n)] = 1.0
     centres = rng.standard_normal((8, dim))
     clustered = centres[rng.integers(8, size=n)] + 0.3 * rng.standard_normal((n, dim)) + 2.0
-    return {"iso": unit(iso), "heavy": unit(heavy), "relu": unit(relu), "spike": unit(spike),
-            "clustered": unit(clustered)}
+    return {
+        "iso": unit(iso),
+        "heavy": unit(heavy),
+        "relu": unit(relu),
+        "spike": unit(spike),
+        "clustered": unit(clustered),
+    }
 
 
 @pytest.mark.parametrize("dim", [1, 7, 64, 1000, 2048])
@@ -121,7 +126,8 @@ def test_index_uses_the_int8_pass_past_its_threshold_and_matches_the_scan(monkey
         q = rows[trial * 700] if trial % 2 else rng.standard_normal(1500).astype(np.float32)
         exclude = [int(ids[trial * 700])]
         assert fast.search(q, 10, exclude_ids=exclude) == scan.search(q, 10, exclude_ids=exclude)
-        assert fast.search_by_id(int(ids[trial]), 25) == scan.search_by_id(int(ids[trial]), 25)
+        row = fast.get(int(ids[trial]))  # from an indexed image's row
+        assert fast.search(row, 25) == scan.search(row, 25)
     assert len(calls) == 16  # every search of `fast` went through it; none of `scan`
     fast.remove(ids[:5000].tolist())  # now under the threshold: the scan answers
     fast.search(rows[5500], 3)

@@ -1,6 +1,6 @@
 """The in-RAM index: exact top-k against a brute force, exclusion, deterministic ties, upserts and
-removals that keep it exact, a transform hook, and concurrent use. Every test runs with the float32
-scan, and with the int8 first pass (`simd.quantized`) forced on whatever the index size."""
+removals that keep it exact, and concurrent use. Every test runs with the float32 scan, and with the
+int8 first pass (`simd.quantized`) forced on whatever the index size."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_exclusion_never_returns_excluded_ids():
     assert 7 not in dict(got) and 8 not in dict(got) and len(got) == 10
     assert_same(got, brute(ids, mat, q, 10, exclude=[7, 8]))
     assert len(index.search(q, 100, exclude_ids=range(10))) == 40
-    assert index.search_by_id(7, 10, exclude_ids=[7, 8]) == got
+    assert index.search(index.get(7), 10, exclude_ids=[7, 8]) == got  # from an indexed image's row
     assert index.search(q, 5, exclude_ids=range(50)) == []
     assert VectorIndex(16).search(q, 3) == []
 
@@ -195,38 +195,6 @@ def test_replace_all_takes_the_matrix_without_copying():
     assert np.shares_memory(index._mat, mat)
     index.upsert([1000], data(1, 16, seed=9))  # grows into a new buffer
     assert len(index) == 101 and index.search(mat[3], 1)[0][0] == 3
-
-
-def test_transform_is_applied_to_rows_and_queries_and_rebuilds():
-    raw = data(300, 32, seed=7)
-    ids = np.arange(300)
-    proj = np.linalg.qr(np.random.default_rng(8).standard_normal((32, 32)))[0][:, :12].astype(np.float32)
-
-    def fn(x):
-        return x @ proj
-
-    index = VectorIndex(32)
-    index.replace_all(ids, raw.copy())
-    with pytest.raises(ValueError, match="rebuild_from"):
-        index.set_transform(fn)
-    index.set_transform(fn, rebuild_from=(ids, raw.copy()))
-    assert index.out_dim == 12 and index.transform is fn
-    q = np.random.default_rng(9).standard_normal(32).astype(np.float32)
-    assert_same(index.search(q, 10), brute(ids, fn(raw), fn(q[None])[0], 10))
-    index.upsert([1000], raw[:1] * 2)  # raw vectors in, transformed rows stored
-    assert np.allclose(index.get(1000), index.get(0), atol=1e-6)
-    assert index.get(0).shape == (12,)
-    by_id = index.search_by_id(5, 10, exclude_ids=[5])  # from the stored (transformed) row
-    assert_same(by_id, brute(np.append(ids, 1000), fn(np.vstack([raw, raw[:1]])), fn(raw[5:6])[0], 10, exclude=[5]))
-    assert_same(by_id, index.search(raw[5], 10, exclude_ids=[5]))
-    assert index.search_by_id(424242, 3) is None
-    index.set_transform(None, rebuild_from=(ids, raw.copy()))
-    assert index.out_dim == 32 and 1000 not in index
-    assert_same(index.search(q, 10), brute(ids, raw, q, 10))
-    empty = VectorIndex(32)
-    empty.set_transform(fn)
-    empty.upsert([1], raw[0])
-    assert empty.out_dim == 12 and empty.search(raw[0], 1)[0][0] == 1
 
 
 def test_concurrent_upserts_removes_and_searches():

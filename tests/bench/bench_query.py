@@ -41,6 +41,7 @@ GT_QUERIES = 40  # query rows (spread over all rows) with exact ground truth at 
 
 # -- helpers ------------------------------------------------------------------------------------
 
+
 def mem() -> dict:
     out = {}
     with open("/proc/self/status") as f:
@@ -60,9 +61,14 @@ def pct(lat: list[float], cpu: float | None = None) -> dict:
     when BLAS had both cores to itself, lower when other work shared them)."""
     a = np.array(lat) * 1000
     extra = {} if cpu is None else {"cpu_share": round(cpu / (sum(lat) * len(os.sched_getaffinity(0))), 2)}
-    return {**extra, "min_ms": round(float(a.min()), 2), "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p95_ms": round(float(np.percentile(a, 95)), 2),
-            "mean_ms": round(float(a.mean()), 2), "queries": len(a)}
+    return {
+        **extra,
+        "min_ms": round(float(a.min()), 2),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "mean_ms": round(float(a.mean()), 2),
+        "queries": len(a),
+    }
 
 
 def read_rows(path: str, start: int, count: int) -> np.ndarray:
@@ -85,6 +91,7 @@ def recall(got: list[np.ndarray], want: np.ndarray) -> float:
 
 
 # -- children -----------------------------------------------------------------------------------
+
 
 def child_generate(a) -> dict:
     """Write n synthetic unit vectors; exact top-K ground truth (self excluded) for GT_QUERIES rows."""
@@ -117,15 +124,19 @@ def child_generate(a) -> dict:
     scores = np.empty((len(gt_rows), a.n), np.float32)
     for start in range(0, a.n, 50_000):
         x = read_rows(a.data, start, min(50_000, a.n - start))
-        scores[:, start:start + len(x)] = queries @ x.T
+        scores[:, start : start + len(x)] = queries @ x.T
     gt = np.stack([topk_exclude(s, K, row) for s, row in zip(scores, gt_rows, strict=True)])
     np.savez(a.gt, rows=gt_rows, topk=gt)
     sample = read_rows(a.data, 0, 2000)
     cos = sample @ sample.T
-    nn = np.sort(scores, axis=1)[:, -K - 1:-1]
-    return {"n": a.n, "generate_s": round(gen_s, 1), "ground_truth_s": round(time.perf_counter() - t - gen_s, 1),
-            "mean_pairwise_cos": round(float(cos[np.triu_indices(2000, 1)].mean()), 3),
-            "mean_top10_cos": round(float(nn.mean()), 3)}
+    nn = np.sort(scores, axis=1)[:, -K - 1 : -1]
+    return {
+        "n": a.n,
+        "generate_s": round(gen_s, 1),
+        "ground_truth_s": round(time.perf_counter() - t - gen_s, 1),
+        "mean_pairwise_cos": round(float(cos[np.triu_indices(2000, 1)].mean()), 3),
+        "mean_top10_cos": round(float(nn.mean()), 3),
+    }
 
 
 def child_exact(a) -> dict:
@@ -168,13 +179,24 @@ def child_exact(a) -> dict:
         res = index.search(q, K, exclude_ids=[int(r) + 1])
         lat.append(time.perf_counter() - t)
         got.append(res)
-    out = {"n": a.n, "path": a.path, **pct(lat, cpu_s() - c0), "read_s": round(read, 2),
-           "load_into_index_s": round(build, 2), "base_rss_mb": base["rss_mb"], **after,
-           "matrix_mb": round(a.n * D * 4 / 2**20)}
+    out = {
+        "n": a.n,
+        "path": a.path,
+        **pct(lat, cpu_s() - c0),
+        "read_s": round(read, 2),
+        "load_into_index_s": round(build, 2),
+        "base_rss_mb": base["rss_mb"],
+        **after,
+        "matrix_mb": round(a.n * D * 4 / 2**20),
+    }
     if candidates:
         c = np.array(candidates)
-        out["candidates"] = {"median": int(np.median(c)), "p95": int(np.percentile(c, 95)), "max": int(c.max()),
-                             "gave_up": int((c < 0).sum())}
+        out["candidates"] = {
+            "median": int(np.median(c)),
+            "p95": int(np.percentile(c, 95)),
+            "max": int(c.max()),
+            "gave_up": int((c < 0).sum()),
+        }
     if gt is not None and a.n == a.gt_n:
         out["recall_vs_gt"] = recall([np.array([i - 1 for i, _ in g]) for g in got], gt["topk"][: len(got)])
     if a.results:  # for the parent to check that both paths return the same ids and scores
@@ -187,13 +209,15 @@ def isotropic(n: int) -> np.ndarray:
     x = np.empty((n, D), np.float32)
     for start in range(0, n, 20_000):
         g = np.random.default_rng(7000 + start).standard_normal((min(20_000, n - start), D), dtype=np.float32)
-        x[start:start + len(g)] = g / np.sqrt(np.einsum("ij,ij->i", g, g))[:, None]
+        x[start : start + len(g)] = g / np.sqrt(np.einsum("ij,ij->i", g, g))[:, None]
     return x
 
 
 def child_transform(a) -> dict:
     """A rank-512 projection (top eigenvectors of the uncentered X^T X, the best low-rank stand-in
-    for the raw dot product) through the VectorIndex transform hook: exact in the reduced space; recall vs raw."""
+    for the raw dot product) applied where the index is built (the matrix before `replace_all`) and to
+    each query before `search`: exact in the reduced space; recall vs raw. `build_s` is the projection
+    and the load; each query's latency includes its projection."""
     from simd.vectors import VectorIndex
 
     mat = read_rows(a.data, 0, a.n)
@@ -207,19 +231,26 @@ def child_transform(a) -> dict:
     rows = query_rows(a.n, a.queries)
     exact = [topk_exclude(mat @ mat[r], K, r) for r in rows]
     queries = mat[rows].copy()
-    index = VectorIndex(D)
+    index = VectorIndex(a.dims)
     t = time.perf_counter()
-    index.set_transform(lambda x: x @ comps.T, rebuild_from=(ids, mat))
+    index.replace_all(ids, mat @ comps.T)  # a fresh float32 (n, dims) array: the index takes it
     build = time.perf_counter() - t
     del mat
     lat, got = [], []
     for r, q in zip(rows, queries, strict=True):
         t = time.perf_counter()
-        res = index.search(q, K, exclude_ids=[int(r) + 1])
+        res = index.search(q @ comps.T, K, exclude_ids=[int(r) + 1])
         lat.append(time.perf_counter() - t)
         got.append(np.array([i - 1 for i, _ in res]))
-    return {"n": a.n, "dims": a.dims, **pct(lat), "fit_s": round(fit, 1), "build_s": round(build, 1),
-            "recall@10": round(recall(got, exact), 3), **mem()}
+    return {
+        "n": a.n,
+        "dims": a.dims,
+        **pct(lat),
+        "fit_s": round(fit, 1),
+        "build_s": round(build, 1),
+        "recall@10": round(recall(got, exact), 3),
+        **mem(),
+    }
 
 
 def child_store(a) -> dict:
@@ -236,8 +267,14 @@ def child_store(a) -> dict:
             with store.batch():
                 for j, v in enumerate(x):
                     i = start + j
-                    store.put_ok(f"dir{i // 1000:03d}/img_{i:07d}.jpg", 1_000_000 + i, 1_700_000_000_000_000_000 + i,
-                                 f"{i:064x}", MODEL, v)
+                    store.put_ok(
+                        f"dir{i // 1000:03d}/img_{i:07d}.jpg",
+                        1_000_000 + i,
+                        1_700_000_000_000_000_000 + i,
+                        f"{i:064x}",
+                        MODEL,
+                        v,
+                    )
         insert = time.perf_counter() - t
         store.close()
         size_mb = round(sum(p.stat().st_size for p in db.parent.iterdir()) / 2**20)
@@ -270,12 +307,23 @@ def child_store(a) -> dict:
             store.vector_of(int(i), MODEL)
         vo = (time.perf_counter() - t) / len(picks)
         store.close()
-        return {"n": a.n, "insert_s": round(insert, 1), "insert_rows_per_s": round(a.n / insert),
-                "db_mb": size_mb, "load_vectors_s": lv_min, "load_vectors_median_s": lv_med,
-                "records_s": rec_min, "records_median_s": rec_med, "records_prefix_s": sub_min,
-                "list_images_q_s": li_min, "counts_s": cnt_min, "vector_of_ms": round(vo * 1000, 3),
-                "rss_before_load_mb": base["rss_mb"], "rss_after_load_mb": after_load["rss_mb"],
-                "hwm_mb": mem()["hwm_mb"]}
+        return {
+            "n": a.n,
+            "insert_s": round(insert, 1),
+            "insert_rows_per_s": round(a.n / insert),
+            "db_mb": size_mb,
+            "load_vectors_s": lv_min,
+            "load_vectors_median_s": lv_med,
+            "records_s": rec_min,
+            "records_median_s": rec_med,
+            "records_prefix_s": sub_min,
+            "list_images_q_s": li_min,
+            "counts_s": cnt_min,
+            "vector_of_ms": round(vo * 1000, 3),
+            "rss_before_load_mb": base["rss_mb"],
+            "rss_after_load_mb": after_load["rss_mb"],
+            "hwm_mb": mem()["hwm_mb"],
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -291,7 +339,7 @@ def child_f16(a) -> dict:
     chunk = 16_384
     for start in range(0, a.n, 50_000):
         count = min(50_000, a.n - start)
-        h[start:start + count] = read_rows(a.data, start, count)
+        h[start : start + count] = read_rows(a.data, start, count)
     after = mem()
     gt = np.load(a.gt)
     rows, want = gt["rows"][: a.queries], gt["topk"][: a.queries]
@@ -300,8 +348,8 @@ def child_f16(a) -> dict:
     def part(q, scores, starts, buf):
         for s in starts:
             m = min(chunk, a.n - s)
-            np.copyto(buf[:m], h[s:s + m])
-            np.dot(buf[:m], q, out=scores[s:s + m])
+            np.copyto(buf[:m], h[s : s + m])
+            np.dot(buf[:m], q, out=scores[s : s + m])
 
     def search(q, exclude, threads):
         scores = np.empty(a.n, np.float32)
@@ -347,7 +395,7 @@ def child_pca(a) -> dict:
     red = np.empty((a.n, a.dims), np.float32)
     for start in range(0, a.n, 50_000):
         count = min(50_000, a.n - start)
-        red[start:start + count] = (read_rows(a.data, start, count) - mu) @ comps.T
+        red[start : start + count] = (read_rows(a.data, start, count) - mu) @ comps.T
     project = time.perf_counter() - t
     after = mem()
     gt = np.load(a.gt)
@@ -363,8 +411,15 @@ def child_pca(a) -> dict:
         exact = full @ q
         return cand[np.lexsort((cand, -exact))[:K]]
 
-    out = {"n": a.n, "dims": a.dims, "fit_s": round(fit, 1), "project_s": round(project, 1),
-           "base_rss_mb": base["rss_mb"], **after, "matrix_mb": round(a.n * a.dims * 4 / 2**20)}
+    out = {
+        "n": a.n,
+        "dims": a.dims,
+        "fit_s": round(fit, 1),
+        "project_s": round(project, 1),
+        "base_rss_mb": base["rss_mb"],
+        **after,
+        "matrix_mb": round(a.n * a.dims * 4 / 2**20),
+    }
     try:
         for c in (100, 400):
             lat, got = [], []
@@ -380,23 +435,37 @@ def child_pca(a) -> dict:
     return out
 
 
-CHILDREN = {"generate": child_generate, "exact": child_exact, "transform": child_transform,
-            "store": child_store, "f16": child_f16, "pca": child_pca}
+CHILDREN = {
+    "generate": child_generate,
+    "exact": child_exact,
+    "transform": child_transform,
+    "store": child_store,
+    "f16": child_f16,
+    "pca": child_pca,
+}
 
 
 # -- parent -------------------------------------------------------------------------------------
 
+
 def machine() -> dict[str, str]:
     from threadpoolctl import threadpool_info
 
-    blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)"
-            for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    blas = [
+        f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)"
+        for i in threadpool_info()
+        if i["user_api"] == "blas" and "numpy" in i["filepath"]
+    ]
     import simsimd
 
     caps = ",".join(k for k, v in simsimd.get_capabilities().items() if v and k != "serial")
-    return machine_info(NumPy=np.__version__, SQLite=sqlite3.sqlite_version, BLAS="; ".join(blas),
-                        simsimd=f"{simsimd.__version__} ({caps})",
-                        OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "(unset)"))
+    return machine_info(
+        NumPy=np.__version__,
+        SQLite=sqlite3.sqlite_version,
+        BLAS="; ".join(blas),
+        simsimd=f"{simsimd.__version__} ({caps})",
+        OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+    )
 
 
 def run_child(kind: str, env_extra: dict | None = None, **kw) -> dict:
@@ -420,8 +489,10 @@ def run_child(kind: str, env_extra: dict | None = None, **kw) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="10k and 100k only (no 1M, no alternatives)")
-    ap.add_argument("--data-dir", help="keep the synthetic vectors here and reuse them on the next run "
-                    "(default: a temp dir, removed after)")
+    ap.add_argument(
+        "--data-dir",
+        help="keep the synthetic vectors here and reuse them on the next run (default: a temp dir, removed after)",
+    )
     ap.add_argument("--json", help="also write all results to this file")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
@@ -467,8 +538,9 @@ def main() -> None:
         by_path = {}
         for path in ("int8", "scan"):  # no structure: the int8 pass's worst case
             out = str(tmp / f"results-iso-{path}.json")
-            res["exact"].append({"data": "isotropic", **run_child("exact", n=100_000, queries=100, path=path,
-                                                                      results=out)})
+            res["exact"].append(
+                {"data": "isotropic", **run_child("exact", n=100_000, queries=100, path=path, results=out)}
+            )
             by_path[path] = json.loads(Path(out).read_text())
         res["same_results"].append({"n": 100_000, "data": "isotropic", "same": by_path["int8"] == by_path["scan"]})
         print(f"  same results on both paths: {res['same_results']}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Measured with tune_descriptor.py it lowered category precision@10 on the public kit at every
 setting tried (docs/QUALITY.md), so simd does not apply it. Were it to, it would be fitted on the
-stored descriptors and applied through `VectorIndex.set_transform`, never re-embedding.
+stored descriptors and applied where the in-RAM index is built (to the matrix before
+`VectorIndex.replace_all`, and to each query before `search`), never re-embedding.
 Whitening down-weights the directions in which all of the
 library's photos vary together (the "generic photo" component), which makes cosine similarity
 more about what a picture shows.
@@ -29,8 +30,9 @@ class WhiteningParams:
     max_components: int = 512
 
 
-def fit_whitening(matrix: np.ndarray,
-                  params: WhiteningParams | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
+def fit_whitening(
+    matrix: np.ndarray, params: WhiteningParams | None = None
+) -> Callable[[np.ndarray], np.ndarray] | None:
     """A function mapping (n, d) or (d,) L2-normalised vectors to whitened L2-normalised vectors.
 
     None when the library is too small to learn from.
@@ -43,8 +45,7 @@ def fit_whitening(matrix: np.ndarray,
     if n < MIN_SAMPLES:
         return None
     components = int(min(d, n - 1, p.max_components))
-    pca = PCA(n_components=components, svd_solver="randomized" if components < d // 2 else "full",
-              random_state=0)
+    pca = PCA(n_components=components, svd_solver="randomized" if components < d // 2 else "full", random_state=0)
     pca.fit(x)
     eig = pca.explained_variance_.astype(np.float64)
     scale = (eig + p.shrink * eig.mean()) ** (-p.power / 2.0)

@@ -1,0 +1,81 @@
+"""The schema of simd's SQLite file and its numbered migrations (`simd.store` runs them on open).
+
+`meta.schema_version` says which step a file is at. A writer brings an older file up to
+`SCHEMA_VERSION` in one `BEGIN IMMEDIATE` transaction; a file newer than this simd is refused, and a
+read-only reader also refuses one that is not there yet (it never writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from simd.errors import NotFound, SimdError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    """CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,          -- relative to the library root, '/' separators
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        hash TEXT,                          -- BLAKE2b hex of the bytes; NULL if never read
+        state TEXT NOT NULL CHECK (state IN ('ok', 'failed')),
+        error TEXT,
+        model TEXT,
+        dim INTEGER,
+        vector BLOB,                        -- little-endian float32 * dim; NULL when failed
+        created_at REAL,
+        updated_at REAL
+    )""",
+    "CREATE INDEX images_hash ON images (hash)",
+    "CREATE INDEX images_model_state ON images (model, state)",
+)
+
+
+def read_version(db: Database) -> int:
+    """The file's schema version; 0 for a file simd has not initialised."""
+    if not db.table("meta").exists():
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_version(version: int, path: Path, *, readonly: bool) -> None:
+    if version > SCHEMA_VERSION:
+        raise SimdError(
+            f"the index {path} has schema version {version}, newer than this simd "
+            f"understands ({SCHEMA_VERSION}); upgrade simd or use another --state-dir"
+        )
+    if readonly and version < SCHEMA_VERSION:
+        raise NotFound(
+            f"the index {path} is not initialised or needs an upgrade "
+            f"(schema version {version}); run `simd index` first"
+        )
+
+
+def migrate(db: Database, path: Path) -> None:
+    """Numbered migrations, all in one BEGIN IMMEDIATE transaction (as rclip's `if version < N`)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = read_version(db)
+        check_version(version, path, readonly=False)
+        if version < 1:
+            # Plain DDL: a migration must produce the same schema whatever library writes it.
+            # AUTOINCREMENT: an id is never reused, so a stale id never names another image.
+            for sql in _SCHEMA_V1:
+                db.execute(sql)
+        # Future steps go here: `if version < 2: ...`, each bringing the schema one step on.
+        if version < SCHEMA_VERSION:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [str(SCHEMA_VERSION)],
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.rollback()
+        raise
