@@ -34,8 +34,7 @@ def no_thread_leaks():
     yield
     deadline = time.monotonic() + 5.0
     while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
-                  and not _tolerated(t)]
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not _tolerated(t)]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -18,8 +18,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 VARIANT_KINDS = ("resized", "recompressed", "cropped", "brighter", "flipped", "blurred")
-_FORMAT_BY_SUFFIX = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF",
-                     ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+_FORMAT_BY_SUFFIX = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 
 def photo(size: tuple[int, int] = (320, 240), seed: int = 0) -> Image.Image:
@@ -57,8 +65,9 @@ def _format_for(path: Path, fmt: str | None) -> str:
         raise ValueError(f"{path}: give fmt= for a file without an image extension") from None
 
 
-def make_photo(path: str | Path, size: tuple[int, int] = (320, 240), seed: int = 0, fmt: str | None = None,
-               **save_kw) -> Path:
+def make_photo(
+    path: str | Path, size: tuple[int, int] = (320, 240), seed: int = 0, fmt: str | None = None, **save_kw
+) -> Path:
     """Write `photo(size, seed)` to `path` in `fmt` (default: from the extension; JPEG quality 90).
     Extra keywords go to `Image.save` (e.g. `exif=`). Parent directories are created."""
     path = Path(path)
@@ -82,8 +91,9 @@ def make_variants(src: str | Path, out_dir: str | Path, kinds: tuple[str, ...] =
     made = {
         "resized": lambda: img.resize((max(1, width // 2), max(1, height // 2)), Image.Resampling.LANCZOS),
         "recompressed": lambda: img,
-        "cropped": lambda: img.crop((width * 15 // 200, height * 15 // 200,
-                                     width - width * 15 // 200, height - height * 15 // 200)),
+        "cropped": lambda: img.crop(
+            (width * 15 // 200, height * 15 // 200, width - width * 15 // 200, height - height * 15 // 200)
+        ),
         "brighter": lambda: ImageEnhance.Brightness(img).enhance(1.25),
         "flipped": lambda: img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
         "blurred": lambda: img.filter(ImageFilter.GaussianBlur(2)),
@@ -96,8 +106,9 @@ def make_variants(src: str | Path, out_dir: str | Path, kinds: tuple[str, ...] =
     return paths
 
 
-def make_library(root: str | Path, count: int, size: tuple[int, int] = (160, 120), seed: int = 0,
-                 per_dir: int = 10) -> list[Path]:
+def make_library(
+    root: str | Path, count: int, size: tuple[int, int] = (160, 120), seed: int = 0, per_dir: int = 10
+) -> list[Path]:
     """`count` distinct JPEG photos under `root`, `per_dir` to a subdirectory (`d00/img0000.jpg`, ...),
     with seeds `seed`, `seed + 1`, ... Returns their paths in order."""
     root = Path(root)
@@ -108,6 +119,7 @@ def make_header_only_png(path: str | Path, width: int, height: int) -> Path:
     """A PNG whose header declares `width` x `height` RGB pixels but holds almost no pixel data:
     a decompression-bomb stand-in that costs a few bytes on disk. Decoding it fully would allocate
     width * height * 3 bytes (and then fail as truncated)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -156,8 +168,9 @@ def phone_exif(orientation: int = 1) -> Image.Exif:
     return exif
 
 
-def make_phone_photo(path: str | Path, seed: int = 0, fmt: str | None = None, orientation: int = 1,
-                     img: Image.Image | None = None) -> Path:
+def make_phone_photo(
+    path: str | Path, seed: int = 0, fmt: str | None = None, orientation: int = 1, img: Image.Image | None = None
+) -> Path:
     """Write a phone photo (`phone_photo(seed)`, or `img`) to `path` with the EXIF Orientation
     `orientation`: as JPEG (q=92: 3.5-5 MB) or, for `.heic`, as HEIF with pillow-heif's encoder
     (1.5-2 MB like an iPhone's; the fastest x265 preset keeps it to ~3 s a photo)."""
@@ -169,8 +182,7 @@ def make_phone_photo(path: str | Path, seed: int = 0, fmt: str | None = None, or
 
         pillow_heif.register_heif_opener()
         img = img if img is not None else phone_photo(seed, grain=3.0)
-        img.save(path, "HEIF", quality=60, enc_params={"preset": "ultrafast"},
-                 exif=phone_exif(orientation).tobytes())
+        img.save(path, "HEIF", quality=60, enc_params={"preset": "ultrafast"}, exif=phone_exif(orientation).tobytes())
         return path
     img = img if img is not None else phone_photo(seed)
     img.save(path, fmt, quality=92, exif=phone_exif(orientation).tobytes())

@@ -21,18 +21,46 @@ def free_port() -> int:
 
 
 class Served:
-    def __init__(self, library: Path, state_dir: Path, *, model: str = "efficientnet-lite0",
-                 settle: float = 0.5, extra_env: dict | None = None, args: tuple = ()):
+    def __init__(
+        self,
+        library: Path,
+        state_dir: Path,
+        *,
+        model: str = "efficientnet-lite0",
+        settle: float = 0.5,
+        extra_env: dict | None = None,
+        args: tuple = (),
+    ):
         self.library, self.state_dir, self.port = Path(library), Path(state_dir), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3",
-               "SIMD_SETTLE_SECONDS": str(settle), **(extra_env or {})}
+        env = {
+            **os.environ,
+            "SIMD_WEIGHTS_DOWNLOAD": "0",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "SIMD_SETTLE_SECONDS": str(settle),
+            **(extra_env or {}),
+        }
         self.log_path = self.state_dir.parent / f"serve-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simd", "serve", str(library), "--state-dir", str(state_dir),
-             "--port", str(self.port), "--model", model, *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "simd",
+                "serve",
+                str(library),
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(self.port),
+                "--model",
+                model,
+                *args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def get(self, path: str, timeout: float = 10):
         with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
@@ -58,11 +86,11 @@ class Served:
             st = self.get("/api/status")
             ok = st["state"] == "idle" and st["pending"] == 0 and (indexed is None or st["indexed"] == indexed)
             return st if ok else None
+
         return self.wait_until(ready, timeout, f"idle with {indexed} indexed")
 
     def paths(self) -> set[str]:
-        return {img["path"] for img in self.get("/api/images?limit=500")["images"]
-                if img.get("state", "ok") == "ok"}
+        return {img["path"] for img in self.get("/api/images?limit=500")["images"] if img.get("state", "ok") == "ok"}
 
     def output(self) -> str:
         self.log.flush()

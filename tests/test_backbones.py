@@ -54,10 +54,18 @@ def _probabilities(model, rgb: np.ndarray, mode: str) -> np.ndarray:
 
 # -- import cost
 def test_import_does_not_load_tensorflow():
-    code = ("import sys, simd.backbones, simd.embedder; rows = simd.backbones.models_report(); "
-            "print(len(rows), 'tensorflow' in sys.modules, 'keras' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parent.parent, timeout=120)
+    code = (
+        "import sys, simd.backbones, simd.embedder; rows = simd.backbones.models_report(); "
+        "print(len(rows), 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=120,
+    )
     assert out.stdout.split() == ["2", "False", "False"]
 
 
@@ -95,8 +103,10 @@ class _Evil:
 
 
 def _legacy_file(obj_pickle: bytes) -> bytes:
-    head = b"".join(pickle.dumps(x, protocol=2) for x in
-                    (torch_pickle.MAGIC_NUMBER, torch_pickle.PROTOCOL_VERSION, {"little_endian": True}))
+    head = b"".join(
+        pickle.dumps(x, protocol=2)
+        for x in (torch_pickle.MAGIC_NUMBER, torch_pickle.PROTOCOL_VERSION, {"little_endian": True})
+    )
     return head + obj_pickle + pickle.dumps([], protocol=2)
 
 
@@ -177,8 +187,13 @@ def test_lite0_backbone_interface_and_crop_is_nearest_its_original():
     fmap = backbone.feature_model(backbone.preprocess(np.zeros((2, 224, 224, 3), np.float32)), training=False)
     assert tuple(fmap.shape) == (2, 7, 7, 1280)
     emb = Embedder(backbone)
-    photos = {"chelsea": data.chelsea(), "coffee": data.coffee(), "astronaut": data.astronaut(),
-              "rocket": data.rocket(), "hubble": data.hubble_deep_field()}
+    photos = {
+        "chelsea": data.chelsea(),
+        "coffee": data.coffee(),
+        "astronaut": data.astronaut(),
+        "rocket": data.rocket(),
+        "hubble": data.hubble_deep_field(),
+    }
     vecs = {k: emb.embed_image(Image.fromarray(v)) for k, v in photos.items()}
     for name, rgb in photos.items():
         img = Image.fromarray(rgb)

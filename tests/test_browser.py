@@ -19,13 +19,20 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 OUT = Path(__file__).resolve().parent.parent / "test-output"
 
 if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` to run the browser tests",
-                allow_module_level=True)
+    pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` to run the browser tests", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
 expect = sync_api.expect
@@ -121,8 +128,9 @@ def search_flow(page, base: str, count: int, upload: Path, name_prefix: str):
         expect(page.get_by_test_id("legend")).to_contain_text("same photo, edited or re-saved")
     first_name = results(page).first.get_by_test_id("card-name").inner_text()
     first_score = scores.first.inner_text()
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=results] img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=results] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     upload_shot = shot(page, f"{name_prefix}-upload.png")
 
     # click the third result -> its own neighbours, itself left out
@@ -132,10 +140,12 @@ def search_flow(page, base: str, count: int, upload: Path, name_prefix: str):
     expect(page.get_by_test_id("query-label")).to_contain_text(third_path)
     expect(results(page)).to_have_count(10)
     names = results(page).get_by_test_id("card-name").all_inner_texts()
-    assert third_path not in [n for n in results(page).get_by_test_id("card-name").evaluate_all(
-        "els => els.map(e => e.title)")]
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=results] img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    assert third_path not in [
+        n for n in results(page).get_by_test_id("card-name").evaluate_all("els => els.map(e => e.title)")
+    ]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=results] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     neighbours_shot = shot(page, f"{name_prefix}-neighbours.png")
 
     # keyboard: focus "More like this" on the first result and press Enter
@@ -146,6 +156,7 @@ def search_flow(page, base: str, count: int, upload: Path, name_prefix: str):
 
 
 # -- fast: the app in this process --------------------------------------------------------------------
+
 
 @pytest.fixture
 def local_server(tmp_path):
@@ -305,20 +316,26 @@ def test_paste_and_drop(browser, local_server):
     page.goto(server.url + "/")
     wait_idle(page, 16)
     data = list(env.path_of("garden/photo04.jpg").read_bytes())
-    make_file = ("bytes => new File([new Uint8Array(bytes)], 'pasted.jpg', {type: 'image/jpeg'})")
-    page.evaluate(f"""bytes => {{
+    make_file = "bytes => new File([new Uint8Array(bytes)], 'pasted.jpg', {type: 'image/jpeg'})"
+    page.evaluate(
+        f"""bytes => {{
         const dt = new DataTransfer(); dt.items.add(({make_file})(bytes));
         document.dispatchEvent(new ClipboardEvent('paste', {{clipboardData: dt, bubbles: true}}));
-    }}""", data)
+    }}""",
+        data,
+    )
     expect(results(page)).to_have_count(10)
     expect(results(page).first.get_by_test_id("card-name")).to_have_text("photo04.jpg")
     data = list(env.path_of("holiday/photo09.jpg").read_bytes())
-    page.evaluate(f"""bytes => {{
+    page.evaluate(
+        f"""bytes => {{
         const dt = new DataTransfer(); dt.items.add(({make_file})(bytes));
         const zone = document.querySelector('[data-testid=dropzone]');
         zone.dispatchEvent(new DragEvent('dragover', {{dataTransfer: dt, bubbles: true, cancelable: true}}));
         zone.dispatchEvent(new DragEvent('drop', {{dataTransfer: dt, bubbles: true, cancelable: true}}));
-    }}""", data)
+    }}""",
+        data,
+    )
     expect(results(page).first.get_by_test_id("card-name")).to_have_text("photo09.jpg")
     # the drop zone is keyboard reachable: Space (or Enter) opens the file chooser
     page.get_by_test_id("dropzone").focus()
@@ -351,15 +368,19 @@ def test_token_is_asked_once_and_kept(browser, tmp_path):
         page.locator("#token-input").press("Enter")
         wait_idle(page, 12)
         expect(page.get_by_test_id("token-form")).to_be_hidden()
-        page.wait_for_function("() => { const i = [...document.querySelectorAll('[data-testid=browse-grid] img')];"
-                               " return i.length === 12 && i.every(x => x.complete && x.naturalWidth > 0); }")
+        page.wait_for_function(
+            "() => { const i = [...document.querySelectorAll('[data-testid=browse-grid] img')];"
+            " return i.length === 12 && i.every(x => x.complete && x.naturalWidth > 0); }"
+        )
         page.get_by_test_id("file-input").set_input_files(str(env.path_of("garden/photo01.jpg")))
         expect(results(page)).to_have_count(10)
         page.reload()  # kept in localStorage: not asked again
         wait_idle(page, 12)
         expect(page.get_by_test_id("token-form")).to_be_hidden()
-        page.wait_for_function("() => { const i = [...document.querySelectorAll('[data-testid=browse-grid] img')];"
-                               " return i.length === 12 && i.every(x => x.complete && x.naturalWidth > 0); }")
+        page.wait_for_function(
+            "() => { const i = [...document.querySelectorAll('[data-testid=browse-grid] img')];"
+            " return i.length === 12 && i.every(x => x.complete && x.naturalWidth > 0); }"
+        )
         shot(page, "browser-token.png")
         watch.check()
         context.close()
@@ -388,8 +409,10 @@ def test_failed_files_are_counted_apart_not_shown_as_cards(browser, local_server
     note = page.get_by_test_id("browse-failed")
     expect(note).to_contain_text("2 files could not be indexed")
     expect(note).to_contain_text("simd errors")
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=browse-grid] img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=browse-grid] img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
     note.get_by_role("button").click()
     panel = page.get_by_test_id("errors-panel")
     expect(panel).to_be_visible()
@@ -470,8 +493,9 @@ def test_phone_page_is_a_few_screens_high(browser, tmp_path):
     env = build_env(tmp_path, count=60, size=(120, 90))
     server = Server(create_app(web_config(), env.service), "127.0.0.1", 0, threads=4).start()
     try:
-        context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
-                                      is_mobile=True, has_touch=True)
+        context = browser.new_context(
+            viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+        )
         page = context.new_page()
         watch = PageWatch(page, server.url)
         page.goto(server.url + "/")
@@ -479,8 +503,10 @@ def test_phone_page_is_a_few_screens_high(browser, tmp_path):
         grid = page.locator("[data-testid=browse-grid] [data-testid=card]")
         expect(page.get_by_test_id("page-info")).to_have_text("1–12 of 60")
         expect(grid).to_have_count(12)
-        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=browse-grid] img')]"
-                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=browse-grid] img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
         height = page.evaluate("document.documentElement.scrollHeight")
         assert height <= 3.5 * 844, f"the phone page is {height} px high"
         shot(page, "browser-phone.png")
@@ -519,21 +545,26 @@ def test_dropping_a_phone_photo_finds_its_library_copy(browser, tmp_path, phone_
         data = base64.b64encode(phone_jpeg.read_bytes()).decode("ascii")
         posted = lambda r: "/api/similar" in r.url and r.request.method == "POST"  # noqa: E731
         with page.expect_response(posted, timeout=60_000) as response:
-            page.evaluate("""([b64, name]) => {
+            page.evaluate(
+                """([b64, name]) => {
                 const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
                 const dt = new DataTransfer();
                 dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
                 const zone = document.querySelector('[data-testid=dropzone]');
                 zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
                 zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
-            }""", [data, phone_jpeg.name])
+            }""",
+                [data, phone_jpeg.name],
+            )
         assert response.value.status == 200, response.value.text()
         first = results(page).first
         expect(first.get_by_test_id("card-name")).to_have_attribute("title", f"phone/{phone_jpeg.name}")
         expect(first.get_by_test_id("score")).to_have_text("100.0%")
         expect(page.get_by_test_id("query-label")).to_contain_text(phone_jpeg.name)
-        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=results] img')]"
-                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=results] img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
         shot(page, "browser-phone-photo.png")
         with page.expect_response(posted, timeout=60_000) as response:
             page.get_by_test_id("file-input").set_input_files(str(phone_heic))
@@ -544,7 +575,8 @@ def test_dropping_a_phone_photo_finds_its_library_copy(browser, tmp_path, phone_
         # the sideways HEIC is shown upright (portrait) and within its square, as every card's picture
         page.wait_for_function("() => [...document.querySelectorAll('.thumb')].every(i => i.complete)")
         boxes = page.locator(".thumb-btn").evaluate_all(
-            "els => els.map(e => [e.getBoundingClientRect().width, e.getBoundingClientRect().height])")
+            "els => els.map(e => [e.getBoundingClientRect().width, e.getBoundingClientRect().height])"
+        )
         assert boxes and all(abs(w - h) <= 1 for w, h in boxes), boxes
         heic = results(page).first.locator("img")
         assert heic.evaluate("i => i.naturalHeight > i.naturalWidth")
@@ -557,8 +589,24 @@ def test_dropping_a_phone_photo_finds_its_library_copy(browser, tmp_path, phone_
 
 # -- real: `simd serve` with the efficientnet-lite0 network ---------------------------------------------
 
-REAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "clock", "horse", "moon",
-               "cat", "hubble_deep_field", "immunohistochemistry", "brick", "grass", "gravel", "retina")
+REAL_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "coins",
+    "clock",
+    "horse",
+    "moon",
+    "cat",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "brick",
+    "grass",
+    "gravel",
+    "retina",
+)
 
 
 def test_page_against_real_simd_serve(browser, tmp_path):
@@ -589,4 +637,3 @@ def test_page_against_real_simd_serve(browser, tmp_path):
         assert served.stop() == 0
     finally:
         served.stop()
-

@@ -15,8 +15,10 @@ def simd(*args, env=None, timeout=120):
 
 
 def test_help_and_version_do_not_import_tensorflow():
-    code = ("import sys; from simd.cli import build_parser; build_parser().format_help(); "
-            "import simd.cli, simd.commands; print('tensorflow' in sys.modules)")
+    code = (
+        "import sys; from simd.cli import build_parser; build_parser().format_help(); "
+        "import simd.cli, simd.commands; print('tensorflow' in sys.modules)"
+    )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     r = simd("--version")
@@ -32,12 +34,15 @@ def test_no_command_prints_help_and_exits_2():
     assert r.returncode == 2 and "usage" in r.stdout
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["serve", "--port", "notaport"], 2, "invalid int"),
-    (["serve", "/tmp", "--model", "vgg"], 2, "invalid choice"),
-    (["index"], 2, "no library"),
-    (["query", "/nonexistent.jpg"], 1, "no such file"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["serve", "--port", "notaport"], 2, "invalid int"),
+        (["serve", "/tmp", "--model", "vgg"], 2, "invalid choice"),
+        (["index"], 2, "no library"),
+        (["query", "/nonexistent.jpg"], 1, "no such file"),
+    ],
+)
 def test_usage_errors_are_one_line(args, code, message, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
     r = simd(*args, env=env)

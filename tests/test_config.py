@@ -31,14 +31,17 @@ def test_simd_table_is_accepted(tmp_path):
     assert cfg.load(str(f), environ={}).library == "/photos"
 
 
-@pytest.mark.parametrize("content, message", [
-    ("port = 70000", "port"),
-    ('model = "vgg"', "model"),
-    ("bogus = 1", "unknown setting"),
-    ("port = [", "cannot read"),
-    ('settle_seconds = "soon"', "settle_seconds"),
-    ("batch_size = 0", "batch_size"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("port = 70000", "port"),
+        ('model = "vgg"', "model"),
+        ("bogus = 1", "unknown setting"),
+        ("port = [", "cannot read"),
+        ('settle_seconds = "soon"', "settle_seconds"),
+        ("batch_size = 0", "batch_size"),
+    ],
+)
 def test_bad_config_file_names_the_problem(tmp_path, content, message):
     f = tmp_path / "simd.toml"
     f.write_text(content)

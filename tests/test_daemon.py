@@ -126,8 +126,11 @@ class NotifySocket:
 def test_serve_speaks_sd_notify_and_stops_cleanly_on_sigterm(tmp_path, library, photo_dir):
     shutil.copy(photo_dir / "chelsea.jpg", library / "chelsea.jpg")
     sock = NotifySocket(tmp_path / "notify.sock")
-    served = Served(library, tmp_path / "state",
-                    extra_env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"})
+    served = Served(
+        library,
+        tmp_path / "state",
+        extra_env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"},
+    )
     try:
         sock.wait_for("READY=1")
         # READY means the socket is bound: the API answers at once.
@@ -137,12 +140,31 @@ def test_serve_speaks_sd_notify_and_stops_cleanly_on_sigterm(tmp_path, library, 
         # `simd status` finds the daemon on its (non-default) port through the state dir's lock,
         # and a second simd on the same state dir is refused instead of indexing everything twice.
         env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0"}
-        st = subprocess.run([sys.executable, "-m", "simd", "status", "--state-dir", str(tmp_path / "state"),
-                             "--json"], capture_output=True, text=True, env=env, timeout=60)
+        st = subprocess.run(
+            [sys.executable, "-m", "simd", "status", "--state-dir", str(tmp_path / "state"), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert json.loads(st.stdout)["daemon"] is True, st.stderr
-        second = subprocess.run([sys.executable, "-m", "simd", "index", str(library), "--state-dir",
-                                 str(tmp_path / "state"), "--model", "efficientnet-lite0"],
-                                capture_output=True, text=True, env=env, timeout=120)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simd",
+                "index",
+                str(library),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--model",
+                "efficientnet-lite0",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert second.returncode == 1 and "another simd" in second.stderr and served.url in second.stderr
         started = time.monotonic()
         assert served.stop(signal.SIGTERM, timeout=10) == 0
@@ -161,8 +183,16 @@ def test_watchdog_pings_stop_when_the_indexer_thread_dies(tmp_path, library, pho
     sock = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
-    config = cfg.load(flags={"library": str(library), "state_dir": str(tmp_path / "state"), "port": free_port(),
-                             "model": "efficientnet-lite0", "settle_seconds": 0.3}, environ={})
+    config = cfg.load(
+        flags={
+            "library": str(library),
+            "state_dir": str(tmp_path / "state"),
+            "port": free_port(),
+            "model": "efficientnet-lite0",
+            "settle_seconds": 0.3,
+        },
+        environ={},
+    )
     daemon = Daemon(config)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("rc", daemon.run()), name="daemon-under-test")
@@ -196,19 +226,40 @@ def test_query_of_an_outside_image_is_answered_by_the_running_daemon(tmp_path, l
         outside = tmp_path / "outside.jpg"
         shutil.copy(photo_dir / "chelsea.jpg", outside)
         env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0"}
-        r = subprocess.run([sys.executable, "-m", "simd", "query", str(outside), "--state-dir", str(state),
-                            "-k", "2", "--json", "--log-level", "DEBUG"], capture_output=True, text=True, env=env,
-                           timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simd",
+                "query",
+                str(outside),
+                "--state-dir",
+                str(state),
+                "-k",
+                "2",
+                "--json",
+                "--log-level",
+                "DEBUG",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert f"asked the daemon at {served.url}" in r.stderr
         result = json.loads(r.stdout)
         assert [hit["path"] for hit in result["results"]] == ["chelsea.jpg", "coffee.jpg"]
         assert result["results"][0]["score"] > 0.99
         (tmp_path / "empty.jpg").write_bytes(b"")
-        code = ("import sys; from simd.cli import main; rc = main(sys.argv[1:]); "
-                "print('tensorflow' in sys.modules, rc)")
-        r = subprocess.run([sys.executable, "-c", code, "query", str(tmp_path / "empty.jpg"), "--state-dir",
-                            str(state)], capture_output=True, text=True, env=env, timeout=120)
+        code = "import sys; from simd.cli import main; rc = main(sys.argv[1:]); print('tensorflow' in sys.modules, rc)"
+        r = subprocess.run(
+            [sys.executable, "-c", code, "query", str(tmp_path / "empty.jpg"), "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert r.stdout.split() == ["False", "1"], r.stderr
         assert "empty.jpg" in r.stderr and "empty" in r.stderr.split("empty.jpg", 1)[1]
     finally:

@@ -22,8 +22,24 @@ from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "hubble_deep_field",
-          "immunohistochemistry", "retina", "clock", "horse", "moon", "brick", "grass", "gravel", "page")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "coins",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "clock",
+    "horse",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "page",
+)
 
 
 def photo(name: str) -> Image.Image:
@@ -36,8 +52,7 @@ def photo(name: str) -> Image.Image:
 
 def run_simd(*args, timeout=300, check=True):
     env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    r = subprocess.run([sys.executable, "-m", "simd", *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+    r = subprocess.run([sys.executable, "-m", "simd", *args], capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert r.returncode == 0, r.stderr[-2000:]
     return r
@@ -86,7 +101,8 @@ def test_index_then_query_finds_the_edited_copy_first(photo_library, tmp_path):
     assert status["dim"] == 1000 and status["daemon"] is False  # the default descriptor: Lite0's logits
     # Nothing was written into the library.
     assert sorted(p.name for p in photo_library.rglob("*")) == sorted(
-        [f"{n}.jpg" for n in PHOTOS] + ["edits", "chelsea-crop.jpg", "broken.jpg"])
+        [f"{n}.jpg" for n in PHOTOS] + ["edits", "chelsea-crop.jpg", "broken.jpg"]
+    )
 
 
 def make_crash_library(root: Path, n: int) -> None:
@@ -128,8 +144,12 @@ def test_kill_9_at_random_moments_converges_to_the_uninterrupted_result(tmp_path
     db = crash_state / "index.db"
     mid_run_kills = []
     for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "simd", "index", str(lib), "--state-dir", str(crash_state),
-                                 *base], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simd", "index", str(lib), "--state-dir", str(crash_state), *base],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         before = _row_count(db)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline and _row_count(db) <= before:

@@ -41,8 +41,11 @@ def daemon(tmp_path_factory, phone_jpeg, phone_heic):
     (tmp / "state").mkdir()
     served = Served(lib, tmp / "state", extra_env={"SIMD_TOKEN": TOKEN})
     try:
-        served.wait_until(lambda: _status(served)["state"] == "idle" and _status(served)["indexed"] == 8,
-                          timeout=300, what="8 images indexed")
+        served.wait_until(
+            lambda: _status(served)["state"] == "idle" and _status(served)["indexed"] == 8,
+            timeout=300,
+            what="8 images indexed",
+        )
         yield served
     finally:
         assert served.stop() == 0
@@ -52,8 +55,9 @@ def _request(served, path, data=None, content_type=None, token=TOKEN):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if content_type:
         headers["Content-Type"] = content_type
-    req = urllib.request.Request(served.url + path, data=data, headers=headers,
-                                 method="POST" if data is not None else "GET")
+    req = urllib.request.Request(
+        served.url + path, data=data, headers=headers, method="POST" if data is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, r.read(), r.headers.get("Content-Type")
@@ -76,11 +80,21 @@ def test_heic_is_indexed_and_raw_is_reported_as_such(daemon):
     assert [e["path"] for e in errors] == [RAW]
     assert errors[0]["error"].startswith("camera RAW (NEF): not supported;")
     env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "SIMD_TOKEN": TOKEN}
-    r = subprocess.run([sys.executable, "-m", "simd", "errors", "--state-dir", str(daemon.state_dir)],
-                       capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "simd", "errors", "--state-dir", str(daemon.state_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0 and f"{RAW}: camera RAW (NEF): not supported" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "simd", "errors", "--json", "--state-dir", str(daemon.state_dir)],
-                       capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "simd", "errors", "--json", "--state-dir", str(daemon.state_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     as_json = json.loads(r.stdout)
     assert as_json["total"] == 1 and as_json["errors"][0]["path"] == RAW
     assert as_json["errors"][0]["error"] == errors[0]["error"] and as_json["errors"][0]["size"] > 0
@@ -116,10 +130,10 @@ def test_status_without_the_token_says_the_daemon_runs_and_needs_it(daemon):
     assert r.returncode == 0, r.stderr
     assert "no simd daemon is running" not in r.stdout
     assert f"a simd daemon runs at {daemon.url}" in r.stdout and "SIMD_TOKEN" in r.stdout
-    as_json = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env,
-                                        timeout=60).stdout)
+    as_json = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, timeout=60).stdout)
     assert as_json["daemon"] is True and as_json["needs_token"] is True and as_json["indexed"] == 8
-    with_token = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=60,
-                                env={**env, "SIMD_TOKEN": TOKEN})
+    with_token = subprocess.run(
+        cmd + ["--json"], capture_output=True, text=True, timeout=60, env={**env, "SIMD_TOKEN": TOKEN}
+    )
     live = json.loads(with_token.stdout)
     assert live["daemon"] is True and "needs_token" not in live and live["state"] == "idle"

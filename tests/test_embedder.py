@@ -39,9 +39,13 @@ def photos(tmp_path_factory):
     """Five real photos as files: JPEGs and a PNG, different sizes and aspect ratios."""
     d = tmp_path_factory.mktemp("photos")
     paths = []
-    for name, rgb, fmt in [("chelsea", data.chelsea(), "JPEG"), ("coffee", data.coffee(), "PNG"),
-                           ("astronaut", data.astronaut(), "JPEG"), ("rocket", data.rocket(), "JPEG"),
-                           ("hubble", data.hubble_deep_field(), "JPEG")]:
+    for name, rgb, fmt in [
+        ("chelsea", data.chelsea(), "JPEG"),
+        ("coffee", data.coffee(), "PNG"),
+        ("astronaut", data.astronaut(), "JPEG"),
+        ("rocket", data.rocket(), "JPEG"),
+        ("hubble", data.hubble_deep_field(), "JPEG"),
+    ]:
         p = d / f"{name}.{fmt.lower()}"
         Image.fromarray(rgb).save(p, fmt, quality=90)
         paths.append(p)

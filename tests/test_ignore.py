@@ -9,13 +9,13 @@ BUILT_IN = [
     ("", True, False),
     ("photo.jpg", False, False),
     ("2024/holiday/IMG_0001.JPG", False, False),
-    ("no-suffix", False, False),          # content decides, not the name
+    ("no-suffix", False, False),  # content decides, not the name
     ("notes.txt", False, False),
     (".hidden.jpg", False, True),
     (".git", True, True),
     (".git/objects/ab/cdef", False, True),
     ("album/.thumbnails/a.jpg", False, True),
-    ("._IMG_0001.JPG", False, True),      # AppleDouble
+    ("._IMG_0001.JPG", False, True),  # AppleDouble
     ("album/._IMG_0001.JPG", False, True),
     (".~lock.report.odt#", False, True),
     ("@eaDir", True, True),
@@ -39,7 +39,7 @@ BUILT_IN = [
     ("photo.jpg.!qB", False, True),
     ("upload.jpg.filepart", False, True),
     ("tmp", True, False),
-    ("album.part", True, False),          # temp-file names apply to files, not folders
+    ("album.part", True, False),  # temp-file names apply to files, not folders
     ("a~b.jpg", False, False),
     ("partial.jpg", False, False),
 ]
@@ -53,10 +53,10 @@ def test_built_in_rules(rel, is_dir, expected):
 CONFIGURED = [
     # (patterns, relative path, is_dir, ignored)
     (["*.xmp"], "2024/a.xmp", False, True),
-    (["*.xmp"], "2024/a.XMP", False, True),        # case-insensitive
+    (["*.xmp"], "2024/a.XMP", False, True),  # case-insensitive
     (["*.xmp"], "2024/a.jpg", False, False),
     (["Private"], "Private", True, True),
-    (["Private"], "Private/a.jpg", False, True),   # a folder pattern covers its subtree
+    (["Private"], "Private/a.jpg", False, True),  # a folder pattern covers its subtree
     (["Private"], "2024/private/a.jpg", False, True),
     (["Private"], "Privateer/a.jpg", False, False),
     (["2019/drafts"], "2019/drafts/x/a.jpg", False, True),
@@ -67,7 +67,7 @@ CONFIGURED = [
     (["IMG_00??.jpg"], "x/IMG_0012.jpg", False, True),
     (["IMG_00??.jpg"], "x/IMG_0123.jpg", False, False),
     (["*/cache/*"], "a/cache/b.jpg", False, True),
-    (["", "  "], "a.jpg", False, False),           # blank patterns are no patterns
+    (["", "  "], "a.jpg", False, False),  # blank patterns are no patterns
 ]
 
 

@@ -96,8 +96,13 @@ MODE_CASES = [
     ("I;16-mid-png", lambda: _gray16(32768), "PNG", (128, 128, 128), 1),
     ("I;16-max-png", lambda: _gray16(65535), "PNG", WHITE, 0),
     ("I;16-dark-png", lambda: _gray16(2570), "PNG", (10, 10, 10), 1),
-    ("I;16B-mid-tiff", lambda: Image.frombytes("I;16B", (8, 8), np.full(64, 32768, ">u2").tobytes()), "TIFF",
-     (128, 128, 128), 1),
+    (
+        "I;16B-mid-tiff",
+        lambda: Image.frombytes("I;16B", (8, 8), np.full(64, 32768, ">u2").tobytes()),
+        "TIFF",
+        (128, 128, 128),
+        1,
+    ),
     ("I-16bit-range-tiff", lambda: Image.fromarray(np.full((8, 8), 32768, np.int32)), "TIFF", (128, 128, 128), 1),
     ("I-8bit-range-tiff", lambda: Image.fromarray(np.full((8, 8), 100, np.int32)), "TIFF", (100, 100, 100), 0),
     ("F-unit-range-tiff", lambda: Image.fromarray(np.full((8, 8), 0.5, np.float32)), "TIFF", (128, 128, 128), 1),
@@ -114,8 +119,9 @@ def _gray16(value):
     return Image.fromarray(np.full((8, 8), value, np.uint16))
 
 
-@pytest.mark.parametrize(("factory", "fmt", "expected", "tol"), [c[1:] for c in MODE_CASES],
-                         ids=[c[0] for c in MODE_CASES])
+@pytest.mark.parametrize(
+    ("factory", "fmt", "expected", "tol"), [c[1:] for c in MODE_CASES], ids=[c[0] for c in MODE_CASES]
+)
 def test_every_mode_becomes_rgb_with_the_right_colour(tmp_path, factory, fmt, expected, tol):
     source = factory()
     kw = {"transparency": source.info["transparency"]} if "transparency" in source.info else {}
@@ -162,12 +168,16 @@ def test_exif_orientation_gives_upright_pixels(tmp_path, orientation, fmt):
     assert mean_abs_diff(img, upright) < SAME
 
 
-@pytest.mark.parametrize("exif", [
-    b"Exif\x00\x00" + b"\xff" * 40,  # no TIFF header
-    b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff",  # claims 65535 entries, has none
-    b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x05\x00\x00\x00\xf0\xff\x00\x00",  # bad offset
-    b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x09\x00\x00\x00",  # orientation 9
-], ids=["garbage", "entry-count", "bad-offset", "orientation-9"])
+@pytest.mark.parametrize(
+    "exif",
+    [
+        b"Exif\x00\x00" + b"\xff" * 40,  # no TIFF header
+        b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff",  # claims 65535 entries, has none
+        b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x05\x00\x00\x00\xf0\xff\x00\x00",  # bad offset
+        b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x09\x00\x00\x00",  # orientation 9
+    ],
+    ids=["garbage", "entry-count", "bad-offset", "orientation-9"],
+)
 def test_broken_exif_does_not_fail_the_image(tmp_path, exif):
     upright = photo((48, 32), seed=4)
     path = save(tmp_path / "broken_exif.jpg", upright, "JPEG", exif=exif, **JPEG_HQ)
@@ -186,8 +196,14 @@ FORMAT_CASES = [
     ("GIF", "gif.bmp", {}, "gif", SAME),
     ("BMP", "bmp.gif", {}, "bmp", 0),
     ("TIFF", "tiff.txt", {}, "tiff", 0),
-    pytest.param("AVIF", "avif.jpg", {"quality": 95}, "avif", SAME,
-                 marks=pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")),
+    pytest.param(
+        "AVIF",
+        "avif.jpg",
+        {"quality": 95},
+        "avif",
+        SAME,
+        marks=pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF"),
+    ),
 ]
 
 
@@ -214,23 +230,26 @@ def test_animated_webp_gives_the_first_frame(tmp_path):
     assert_colour(open_image(path), RED, 0)
 
 
-@pytest.mark.parametrize(("head", "expected"), [
-    (b"\xff\xd8\xff\xe0\x00\x10JFIF", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "png"),
-    (b"GIF87a\x01\x00", "gif"),
-    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"),
-    (b"MM\x00*\x00\x00\x00\x08", "tiff"),
-    (b"II+\x00\x08\x00\x00\x00", "tiff"),  # BigTIFF
-    (b"BM" + b"\x00" * 12 + b"\x28\x00\x00\x00", "bmp"),
-    (b"BMW is a car, not a bitmap header at all", None),
-    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "heif"),
-    (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "heif"),
-    (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf", "avif"),
-    (b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1avifmiaf", "avif"),
-    (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", None),  # an MP4 video
-    (b"%PDF-1.7\n", None),
-    (b"", None),
-])
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "jpeg"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "png"),
+        (b"GIF87a\x01\x00", "gif"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"),
+        (b"MM\x00*\x00\x00\x00\x08", "tiff"),
+        (b"II+\x00\x08\x00\x00\x00", "tiff"),  # BigTIFF
+        (b"BM" + b"\x00" * 12 + b"\x28\x00\x00\x00", "bmp"),
+        (b"BMW is a car, not a bitmap header at all", None),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "heif"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "heif"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf", "avif"),
+        (b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1avifmiaf", "avif"),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", None),  # an MP4 video
+        (b"%PDF-1.7\n", None),
+        (b"", None),
+    ],
+)
 def test_sniff_format(head, expected):
     assert sniff_format(head) == expected
 
@@ -325,10 +344,18 @@ def test_unreadable_file_raises_image_error(tmp_path):
             open_image(path)
         return
     # root reads anything: a child drops to nobody (after its imports) and then opens the file
-    code = ("import os, sys; from simd.imaging import open_image; os.setgroups([]); os.setgid(65534); "
-            "os.setuid(65534); print('dropped', flush=True); open_image(sys.argv[1])")
-    child = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    code = (
+        "import os, sys; from simd.imaging import open_image; os.setgroups([]); os.setgid(65534); "
+        "os.setuid(65534); print('dropped', flush=True); open_image(sys.argv[1])"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     if "dropped" not in child.stdout:
         pytest.skip(f"running as root and cannot drop privileges to provoke EACCES: {child.stderr[-200:]}")
     assert "ImageError" in child.stderr and "secret.jpg: permission denied" in child.stderr, child.stderr
@@ -337,8 +364,9 @@ def test_unreadable_file_raises_image_error(tmp_path):
 # --- decompression bombs ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("width", "height"), [(30000, 30000), (11000, 11000)],
-                         ids=["over-pillow-limit", "between-pillow-warning-and-ours"])
+@pytest.mark.parametrize(
+    ("width", "height"), [(30000, 30000), (11000, 11000)], ids=["over-pillow-limit", "between-pillow-warning-and-ours"]
+)
 def test_declared_bomb_is_refused_before_decoding(tmp_path, width, height):
     path = make_header_only_png(tmp_path / "bomb.png", width, height)
     start = time.perf_counter()
@@ -360,8 +388,17 @@ def test_webp_bomb_is_refused_before_the_canvas_is_allocated(tmp_path):
     assert time.perf_counter() - start < 1.0
 
 
-@pytest.mark.parametrize(("fmt", "kw"), [("PNG", {}), ("JPEG", {}), ("WEBP", {"lossless": False}),
-                                         ("WEBP", {"lossless": True}), ("WEBP", {"exif": exif_bytes(1)}), ("GIF", {})])
+@pytest.mark.parametrize(
+    ("fmt", "kw"),
+    [
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("WEBP", {"lossless": False}),
+        ("WEBP", {"lossless": True}),
+        ("WEBP", {"exif": exif_bytes(1)}),
+        ("GIF", {}),
+    ],
+)
 def test_max_pixels_is_inclusive_and_enforced(tmp_path, fmt, kw):
     path = save(tmp_path / "img", photo((101, 75), seed=8), fmt, **kw)
     assert open_image(path, max_pixels=101 * 75).size == (101, 75)
@@ -440,8 +477,15 @@ def test_bytes_and_file_object_sources(tmp_path, kind):
     with open(path, "rb") as f:
         if kind == "offset-file":
             f.read(10)
-        source = {"bytes": data, "bytearray": bytearray(data), "memoryview": memoryview(data),
-                  "bytesio": io.BytesIO(data), "file": f, "offset-file": f, "stream": Stream()}[kind]
+        source = {
+            "bytes": data,
+            "bytearray": bytearray(data),
+            "memoryview": memoryview(data),
+            "bytesio": io.BytesIO(data),
+            "file": f,
+            "offset-file": f,
+            "stream": Stream(),
+        }[kind]
         img = open_image(source)
     assert mean_abs_diff(img, original) == 0
 
@@ -490,6 +534,7 @@ def test_write_thumbnail_leaves_the_decoded_image_alone(tmp_path):
 
 
 # --- what phones save: HEIC (a core dependency), AVIF; camera RAW is refused by name ------------
+
 
 def test_phone_heic_decodes_upright_and_thumbnails(phone_heic, tmp_path):
     from images import phone_photo

@@ -91,7 +91,8 @@ def test_rename_and_directory_move_reuse_vectors_with_zero_model_calls(env):
     assert (s.moved, s.deleted, s.new, s.embedded) == (7, 0, 0, 0)
     assert set(store.records()) == {"Solo-renamed.png"} | {f"2024 trip/p{i}.png" for i in range(6)}
     np.testing.assert_array_equal(
-        store.vector_of(store.get_by_path("2024 trip/p3.png")["id"], emb.model_id), old["trip/p3.png"])
+        store.vector_of(store.get_by_path("2024 trip/p3.png")["id"], emb.model_id), old["trip/p3.png"]
+    )
     assert len(vectors) == 7
 
 
@@ -204,8 +205,7 @@ def test_stop_event_interrupts_between_chunks_and_rerun_completes(library, state
         if phase == "indexing" and done >= 4:
             stop.set()
 
-    s = Reconciler(library, store, emb, None, IgnoreRules([]), chunk_size=4, on_progress=progress,
-                   stop=stop).run()
+    s = Reconciler(library, store, emb, None, IgnoreRules([]), chunk_size=4, on_progress=progress, stop=stop).run()
     assert s.interrupted and s.new == 4
     s2 = Reconciler(library, store, emb, None, IgnoreRules([]), chunk_size=4).run()
     assert s2.new == 8 and len(store.records()) == 12 and store.integrity_ok()
@@ -225,8 +225,10 @@ def test_the_summary_adds_up_and_says_so(env, caplog):
     s = rec.run()
     assert (s.new, s.embedded, s.reused, s.copied, s.failed, s.failed_total) == (7, 6, 1, 1, 1, 1)
     assert s.new + s.changed + s.reembedded == s.embedded + s.reused
-    assert s.describe() == "7 new (6 embedded, 1 byte-identical to images already indexed), " \
-                           "1 failed (1 failing in all: `simd errors`)"
+    assert (
+        s.describe() == "7 new (6 embedded, 1 byte-identical to images already indexed), "
+        "1 failed (1 failing in all: `simd errors`)"
+    )
     shutil.copy(root / "img1.png", root / "later-copy.png")
     (root / "broken2.png").write_bytes(b"")
     with caplog.at_level(logging.INFO, logger="simd.indexer"):

@@ -30,18 +30,30 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 def _env(home: Path, *checkouts: Path) -> dict[str, str]:
     """The environment `sudo make install` would have: no venv activated, nothing of the checkout
     on PATH or PYTHONPATH (so `python3` is the machine's, not this checkout's .venv)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-                                  if p and not any(Path(p).resolve().is_relative_to(c) for c in checkouts))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
+    env["PATH"] = os.pathsep.join(
+        p
+        for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+        if p and not any(Path(p).resolve().is_relative_to(c) for c in checkouts)
+    )
     env["HOME"] = str(home)
     return env
 
 
-def _make(target: str, checkout: Path, prefix: Path, env: dict[str, str], *args: str,
-          timeout: float = 600) -> subprocess.CompletedProcess:
-    r = subprocess.run([MAKE, "--no-print-directory", "-C", str(checkout), target, f"PREFIX={prefix}", *args],
-                       env=env, capture_output=True, text=True, timeout=timeout)
+def _make(
+    target: str, checkout: Path, prefix: Path, env: dict[str, str], *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        [MAKE, "--no-print-directory", "-C", str(checkout), target, f"PREFIX={prefix}", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, f"make {target} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 
@@ -80,8 +92,13 @@ def _check_runs(prefix: Path, cwd: Path, env: dict[str, str], version: str) -> N
 
 
 def _version() -> str:
-    out = subprocess.run([sys.executable, "-c", "import simd; print(simd.__version__)"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import simd; print(simd.__version__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -128,8 +145,13 @@ def test_install_refuses_a_relative_or_root_prefix(tmp_path):
     env = _env(tmp_path, ROOT)
     for prefix in ("opt/simd", "/", ""):
         for target in ("install", "uninstall"):
-            r = subprocess.run([MAKE, "--no-print-directory", "-C", str(ROOT), target, f"PREFIX={prefix}"],
-                               env=env, capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [MAKE, "--no-print-directory", "-C", str(ROOT), target, f"PREFIX={prefix}"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert r.returncode != 0 and "PREFIX must be an absolute path" in r.stdout, (prefix, target, r)
 
 
@@ -169,8 +191,21 @@ def test_full_install_runs_outside_the_checkout(tmp_path):
     assert "efficientnet-lite0" in models
     _jpeg(library / "red.jpg", (200, 30, 30))
     _jpeg(library / "blue.jpg", (30, 30, 200))
-    out = _run([simd, "index", str(library), "--state-dir", str(tmp_path / "state"), "--model",
-                "efficientnet-lite0", "--json"], elsewhere, {**env, "KERAS_HOME": str(home / "keras")}, timeout=600)
+    out = _run(
+        [
+            simd,
+            "index",
+            str(library),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--model",
+            "efficientnet-lite0",
+            "--json",
+        ],
+        elsewhere,
+        {**env, "KERAS_HOME": str(home / "keras")},
+        timeout=600,
+    )
     summary = json.loads(out)
     assert summary["new"] == 2 and summary["embedded"] == 2 and summary["failed"] == 0, summary
 

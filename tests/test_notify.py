@@ -47,14 +47,17 @@ def test_send_errors_do_not_raise(monkeypatch, address):
     assert notify.notify("READY=1") is False
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"WATCHDOG_USEC": "60000000"}, 60.0),
-    ({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "self"}, 60.0),
-    ({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "1"}, None),  # meant for another process
-    ({"WATCHDOG_USEC": "0"}, None),
-    ({"WATCHDOG_USEC": "soon"}, None),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "60000000"}, 60.0),
+        ({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "self"}, 60.0),
+        ({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "1"}, None),  # meant for another process
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+    ],
+)
 def test_watchdog_interval(monkeypatch, env, expected):
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
     monkeypatch.delenv("WATCHDOG_PID", raising=False)

@@ -27,8 +27,7 @@ def test_parse_min_score_accepts():
     assert parse_min_score("0.8") == 0.8 and parse_min_score(None) is None and parse_min_score("-1") == -1
 
 
-@pytest.mark.parametrize("path, expected", [("a/b.jpg", "a/b.jpg"), ("./a//b.jpg", "a/b.jpg"),
-                                            ("a\\b.jpg", "a/b.jpg")])
+@pytest.mark.parametrize("path, expected", [("a/b.jpg", "a/b.jpg"), ("./a//b.jpg", "a/b.jpg"), ("a\\b.jpg", "a/b.jpg")])
 def test_normalise_rel(path, expected):
     assert normalise_rel(path) == expected
 

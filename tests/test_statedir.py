@@ -24,8 +24,10 @@ def test_second_holder_is_refused_with_who_holds_it(tmp_path):
 
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
-    code = ("import os, sys; from simd.statedir import StateLock; "
-            f"StateLock({str(tmp_path)!r}).acquire(role='index'); os.kill(os.getpid(), 9)")
+    code = (
+        "import os, sys; from simd.statedir import StateLock; "
+        f"StateLock({str(tmp_path)!r}).acquire(role='index'); os.kill(os.getpid(), 9)"
+    )
     subprocess.run([sys.executable, "-c", code], check=False)
     assert holder(tmp_path) is None
     StateLock(tmp_path).acquire(role="serve").release()

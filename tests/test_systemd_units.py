@@ -20,15 +20,24 @@ from simd import config as cfg
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed "
-                                   "(apt-get install systemd); the unit files were not checked")
+needs_analyze = pytest.mark.skipif(
+    ANALYZE is None,
+    reason="systemd-analyze is not installed (apt-get install systemd); the unit files were not checked",
+)
 
 
 def _run(args: list[str], cwd: Path, home: Path) -> subprocess.CompletedProcess:
     runtime = home / "runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
-    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_LEVEL": "notice",
-           "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "LC_ALL": "C.UTF-8"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "SYSTEMD_LOG_LEVEL": "notice",
+        "SYSTEMD_COLORS": "0",
+        "SYSTEMD_PAGER": "",
+        "LC_ALL": "C.UTF-8",
+    }
     env.pop("XDG_CONFIG_HOME", None)
     return subprocess.run([ANALYZE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -112,8 +121,7 @@ def test_example_config_is_valid():
 
 
 ROOT = UNITS.parent
-FETCH = ("env HOME=/var/lib/simd/photos KERAS_HOME=/var/lib/simd/photos/keras "
-         "/opt/simd/venv/bin/simd weights fetch")
+FETCH = "env HOME=/var/lib/simd/photos KERAS_HOME=/var/lib/simd/photos/keras /opt/simd/venv/bin/simd weights fetch"
 
 
 def test_make_install_puts_simd_where_the_template_runs_it():
@@ -145,14 +153,17 @@ def _system_steps(text: str, prefix: str) -> list[str]:
 def _readme_system_block() -> list[str]:
     text = (ROOT / "README.md").read_text()
     start = text.index("**A shared library, as a hardened system service**")
-    block = text[text.index("```sh\n", start) + 6:]
-    return _system_steps(block[:block.index("```")], "")
+    block = text[text.index("```sh\n", start) + 6 :]
+    return _system_steps(block[: block.index("```")], "")
 
 
-@pytest.mark.parametrize("steps", [
-    pytest.param(_readme_system_block, id="README.md"),
-    pytest.param(lambda: _system_steps((UNITS / "simd@.service").read_text(), "#   "), id="simd@.service"),
-])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param(_readme_system_block, id="README.md"),
+        pytest.param(lambda: _system_steps((UNITS / "simd@.service").read_text(), "#   "), id="simd@.service"),
+    ],
+)
 def test_system_steps_work_in_order(steps):
     """acl before setfacl; install before using the binary; state dir, as simd, before the weights
     fetch, which comes before the first start (the unit has no network); same cache as the unit."""
@@ -183,8 +194,9 @@ def test_example_config_says_which_settings_are_flags():
         assert f"SIMD_{s.name.upper()}" in top_help and s.name in top_help
     serve = parser._subparsers._group_actions[0].choices["serve"]
     flags = {o for a in serve._actions for o in a.option_strings if o.startswith("--")} - {"--help", "--config"}
-    header = "".join(line.removeprefix("#") for line in (UNITS / "example.toml").read_text().split("\n\n")[0]
-                     .splitlines())
+    header = "".join(
+        line.removeprefix("#") for line in (UNITS / "example.toml").read_text().split("\n\n")[0].splitlines()
+    )
     assert "simd --help" in header and "simd serve --help" in header
     named = set(re.findall(r"--[a-z-]+", header.split("both:")[1]))
     assert named == flags

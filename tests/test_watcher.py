@@ -55,8 +55,7 @@ class Collector:
         wait_until(lambda: set(rels) <= self.emitted(), timeout, f"{rels} not emitted; got {self.emitted()}")
 
     def wait_trouble(self, text: str, timeout: float = 5.0) -> None:
-        wait_until(lambda: any(text in t for t in self.troubles), timeout,
-                   f"no trouble {text!r}; got {self.troubles}")
+        wait_until(lambda: any(text in t for t in self.troubles), timeout, f"no trouble {text!r}; got {self.troubles}")
 
 
 def wait_until(predicate, timeout: float, message: str = "condition not met") -> None:
@@ -334,8 +333,9 @@ def test_inotify_instance_limit_does_not_raise(watch, monkeypatch, caplog):
 def test_stop_leaves_no_threads(library):
     before = set(threading.enumerate())
     for mode in ("native", "polling"):
-        w = Watcher(library, lambda paths: None, settle_seconds=SETTLE, ignore=IgnoreRules(), observer=mode,
-                    poll_interval=0.1)
+        w = Watcher(
+            library, lambda paths: None, settle_seconds=SETTLE, ignore=IgnoreRules(), observer=mode, poll_interval=0.1
+        )
         w.start()
         assert len(set(threading.enumerate()) - before) >= 2
         w.stop()
@@ -360,16 +360,32 @@ def test_filesystem_type_from_mountinfo(tmp_path):
         "33 22 0:43 / /mnt/over rw - ext4 /dev/sdb1 rw\n"
         "34 22 0:44 / /mnt/over rw - cifs //srv/share rw\n"  # mounted on top of the previous one
     )
-    cases = {"/": "ext4", "/home/a": "ext4", "/mnt/nas": "nfs4", "/mnt/nas/2024/a.jpg": "nfs4",
-             "/mnt/nas/local/x": "tmpfs", "/mnt/nasty": "ext4", "/mnt/my photos/a": "fuse.sshfs",
-             "/mnt/over/x": "cifs"}
+    cases = {
+        "/": "ext4",
+        "/home/a": "ext4",
+        "/mnt/nas": "nfs4",
+        "/mnt/nas/2024/a.jpg": "nfs4",
+        "/mnt/nas/local/x": "tmpfs",
+        "/mnt/nasty": "ext4",
+        "/mnt/my photos/a": "fuse.sshfs",
+        "/mnt/over/x": "cifs",
+    }
     for path, expected in cases.items():
         assert filesystem_type(path, mountinfo=str(mountinfo)) == expected, path
     assert filesystem_type("/", mountinfo=str(tmp_path / "missing")) == "unknown"
 
 
-@pytest.mark.parametrize("fs, expected", [("nfs4", "polling"), ("cifs", "polling"), ("fuse.sshfs", "polling"),
-                                          ("ext4", "native"), ("btrfs", "native"), ("unknown", "native")])
+@pytest.mark.parametrize(
+    "fs, expected",
+    [
+        ("nfs4", "polling"),
+        ("cifs", "polling"),
+        ("fuse.sshfs", "polling"),
+        ("ext4", "native"),
+        ("btrfs", "native"),
+        ("unknown", "native"),
+    ],
+)
 def test_auto_chooses_polling_on_network_filesystems(monkeypatch, tmp_path, fs, expected):
     monkeypatch.setattr(observers, "filesystem_type", lambda path: fs)
     assert choose_observer(tmp_path, "auto") == expected

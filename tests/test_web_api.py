@@ -65,6 +65,7 @@ def assert_error(r, status: int, code: str | None = None):
 
 # -- status, health ------------------------------------------------------------------------------
 
+
 def test_healthz(client):
     r = client.get("/healthz")
     assert r.status_code == 200 and r.get_json() == {"ok": True}
@@ -85,6 +86,7 @@ def test_status(client, env):
 
 
 # -- similar by id / path ------------------------------------------------------------------------
+
 
 def test_similar_by_id_best_first_query_excluded(client, env):
     qid = env.ids["garden/photo01.jpg"]
@@ -145,11 +147,20 @@ def test_min_score(client, env):
         assert_error(client.get(f"/api/similar?id={qid}&min_score={bad}"), 400, "bad_request")
 
 
-@pytest.mark.parametrize("query, status", [
-    ("id=999999", 404), ("path=nope.jpg", 404), ("path=../library/garden/photo01.jpg", 404),
-    ("path=/etc/passwd", 404), ("path=garden/../../etc/passwd", 404), ("", 400), ("id=abc", 400),
-    ("id=1&path=garden/photo01.jpg", 400), ("k=5", 400),
-])
+@pytest.mark.parametrize(
+    "query, status",
+    [
+        ("id=999999", 404),
+        ("path=nope.jpg", 404),
+        ("path=../library/garden/photo01.jpg", 404),
+        ("path=/etc/passwd", 404),
+        ("path=garden/../../etc/passwd", 404),
+        ("", 400),
+        ("id=abc", 400),
+        ("id=1&path=garden/photo01.jpg", 400),
+        ("k=5", 400),
+    ],
+)
 def test_similar_bad_query(client, query, status):
     assert_error(client.get(f"/api/similar?{query}"), status)
 
@@ -162,6 +173,7 @@ def test_similar_of_failed_image_is_404(client, env):
 
 
 # -- uploads -------------------------------------------------------------------------------------
+
 
 def test_upload_multipart_finds_the_same_picture(client, env):
     data = env.path_of("holiday/photo06.jpg").read_bytes()
@@ -191,8 +203,10 @@ def test_upload_is_not_stored(client, env, tmp_path):
     data = env.path_of("holiday/photo06.jpg").read_bytes()
     post_image(client, "/api/similar", data, "new.jpg")
     assert sorted(env.library.rglob("*")) == before
+
     def state_files(paths):  # SQLite's -wal/-shm appear as soon as a reader connects
         return [p for p in paths if "thumbs" not in p.parts and not p.name.endswith(("-wal", "-shm"))]
+
     assert state_files(sorted(env.state_dir.rglob("*"))) == state_files(state_before)
     assert client.get("/api/status").get_json()["indexed"] == 14
 
@@ -220,8 +234,12 @@ def test_oversized_upload_is_413(client, raw):
 
 
 def test_oversized_by_content_length_is_413_before_reading(client):
-    r = client.post("/api/similar", data=b"x" * 10, content_type="application/octet-stream",
-                    environ_overrides={"CONTENT_LENGTH": str(50 * 1024 * 1024)})
+    r = client.post(
+        "/api/similar",
+        data=b"x" * 10,
+        content_type="application/octet-stream",
+        environ_overrides={"CONTENT_LENGTH": str(50 * 1024 * 1024)},
+    )
     assert_error(r, 413, "too_large")
 
 
@@ -233,13 +251,16 @@ def test_upload_just_under_the_cap_is_accepted(client, env, tmp_path):
     assert r.status_code == 200, r.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("name, data", [
-    ("text", b"hello, this is not an image at all\n" * 10),
-    ("html", b"<!doctype html><html><script>alert(1)</script></html>"),
-    ("empty", b""),
-    ("truncated", "TRUNCATED"),
-    ("pdf", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n" + b"0" * 200),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("text", b"hello, this is not an image at all\n" * 10),
+        ("html", b"<!doctype html><html><script>alert(1)</script></html>"),
+        ("empty", b""),
+        ("truncated", "TRUNCATED"),
+        ("pdf", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n" + b"0" * 200),
+    ],
+)
 def test_non_image_upload_is_415(client, env, name, data):
     if data == "TRUNCATED":
         data = env.path_of("garden/photo04.jpg").read_bytes()[:2000]
@@ -277,6 +298,7 @@ def test_503_before_the_model_is_ready(client, env):
 
 # -- browse --------------------------------------------------------------------------------------
 
+
 def test_images_paging_and_filter(client, env):
     d = client.get("/api/images?limit=5").get_json()
     assert d["total"] == 14 and d["offset"] == 0 and d["limit"] == 5 and len(d["images"]) == 5
@@ -288,8 +310,12 @@ def test_images_paging_and_filter(client, env):
     assert [i["path"] for i in d2["images"]] == sorted(env.ids)[10:]
     d3 = client.get("/api/images?q=HOLIDAY&limit=500").get_json()
     assert d3["total"] == 5 and all(i["path"].startswith("holiday/") for i in d3["images"])
-    assert client.get("/api/images?q=nothing-like-this").get_json() == \
-        {"images": [], "total": 0, "offset": 0, "limit": 50}
+    assert client.get("/api/images?q=nothing-like-this").get_json() == {
+        "images": [],
+        "total": 0,
+        "offset": 0,
+        "limit": 50,
+    }
 
 
 @pytest.mark.parametrize("query", ["limit=501", "limit=0", "limit=x", "offset=-1", "offset=a"])
@@ -324,8 +350,13 @@ def _add_failed_files(env) -> dict[str, int]:
     and a text file named .jpg (neither), named to sort before every indexed image."""
     (env.library / "aaa-truncated.jpg").write_bytes(env.path_of("garden/photo01.jpg").read_bytes()[:300])
     (env.library / "aab-notes.jpg").write_text("this is a text file, not a picture\n")
-    return {rel: env.add(rel, failed=reason) for rel, reason in
-            [("aaa-truncated.jpg", "truncated JPEG"), ("aab-notes.jpg", "not an image (looks like a text file)")]}
+    return {
+        rel: env.add(rel, failed=reason)
+        for rel, reason in [
+            ("aaa-truncated.jpg", "truncated JPEG"),
+            ("aab-notes.jpg", "not an image (looks like a text file)"),
+        ]
+    }
 
 
 def test_images_lists_indexed_images_unless_asked_for_failed_ones(client, env):
@@ -370,6 +401,7 @@ def test_errors_carry_no_thumb_and_a_url_only_when_it_serves(client, env):
 
 
 # -- thumbnails ----------------------------------------------------------------------------------
+
 
 def _thumb_files(env):
     return sorted((env.state_dir / "thumbs").rglob("*.jpg"))
@@ -471,6 +503,7 @@ def test_thumb_and_file_of_deleted_file_are_404(client, env):
 
 # -- original files ------------------------------------------------------------------------------
 
+
 def test_file_serves_the_original_bytes(client, env):
     rel = "holiday/photo03.jpg"
     r = get(client, f"/api/images/{env.ids[rel]}/file")
@@ -480,8 +513,9 @@ def test_file_serves_the_original_bytes(client, env):
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert r.headers["ETag"] and r.headers["Last-Modified"]
     assert r.headers["Content-Length"] == str(len(r.data))
-    assert get(client, f"/api/images/{env.ids[rel]}/file",
-               headers={"If-None-Match": r.headers["ETag"]}).status_code == 304
+    assert (
+        get(client, f"/api/images/{env.ids[rel]}/file", headers={"If-None-Match": r.headers["ETag"]}).status_code == 304
+    )
     part = get(client, f"/api/images/{env.ids[rel]}/file", headers={"Range": "bytes=0-99"})
     assert part.status_code == 206 and part.data == r.data[:100]
 
@@ -501,23 +535,26 @@ def test_html_in_the_library_is_never_served(client, env):
     assert "html" not in r.mimetype
 
 
-@pytest.mark.parametrize("url", [
-    "/api/images/..%2f..%2fetc%2fpasswd/file",
-    "/api/images/%2e%2e/file",
-    "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd/thumb",
-    "/api/images/-1/file",
-    "/api/images/1.0/file",
-    "/api/images/0x1/file",
-    "/api/images/%201/file",
-    "/api/images/1%2f..%2f2/file",
-    "/api/images//etc/passwd/file",
-    "/api/images/../../../etc/passwd",
-    "/api/images/..%5c..%5cwindows/file",
-    "/api/images/%EF%BC%91/file",  # a full-width digit one
-    "/api/images/999999999999999999999999/file",
-    "/api/images/999999/file",
-    "/api/images/999999/thumb",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/images/..%2f..%2fetc%2fpasswd/file",
+        "/api/images/%2e%2e/file",
+        "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd/thumb",
+        "/api/images/-1/file",
+        "/api/images/1.0/file",
+        "/api/images/0x1/file",
+        "/api/images/%201/file",
+        "/api/images/1%2f..%2f2/file",
+        "/api/images//etc/passwd/file",
+        "/api/images/../../../etc/passwd",
+        "/api/images/..%5c..%5cwindows/file",
+        "/api/images/%EF%BC%91/file",  # a full-width digit one
+        "/api/images/999999999999999999999999/file",
+        "/api/images/999999/file",
+        "/api/images/999999/thumb",
+    ],
+)
 def test_traversal_attempts_are_404(client, url):
     r = get(client, url)
     assert r.status_code == 404, (url, r.status_code, r.data[:200])
@@ -544,6 +581,7 @@ def test_symlink_inside_the_library_is_served(client, env):
 
 
 # -- one error shape everywhere -------------------------------------------------------------------
+
 
 def test_every_route_errors_in_the_json_shape(app, client):
     rules = [r for r in app.url_map.iter_rules()]
@@ -579,7 +617,8 @@ def test_search_page_and_static(client):
     assert r.status_code == 200 and r.mimetype == "text/html"
     html = r.get_data(as_text=True)
     assert 'data-testid="file-input"' in html and "http" not in html.split("<body")[0].replace(
-        'name="viewport"', "")  # no external resources in <head>
+        'name="viewport"', ""
+    )  # no external resources in <head>
     for name in ("net.js", "cards.js", "app.js", "style.css"):
         with client.get(f"/static/{name}") as s:
             assert s.status_code == 200
@@ -591,8 +630,9 @@ def test_api_responses_are_not_cached(client):
 
 
 def test_status_reports_progress(client, env):
-    env.runtime.update(phase="indexing", pending=3,
-                       progress={"phase": "indexing", "done": 2, "total": 5, "started_at": time.time()})
+    env.runtime.update(
+        phase="indexing", pending=3, progress={"phase": "indexing", "done": 2, "total": 5, "started_at": time.time()}
+    )
     st = client.get("/api/status").get_json()
     assert st["state"] == "indexing" and st["pending"] == 3 and st["progress"]["total"] == 5
 

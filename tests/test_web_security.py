@@ -31,12 +31,16 @@ def error_of(r, status):
 
 # -- binding -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [
-    {"host": "0.0.0.0"},
-    {"host": "192.168.1.10", "allow_remote": True},
-    {"host": "::", "token": "t0ken"},
-    {"host": "example.com", "allow_remote": True, "token": ""},
-])
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"host": "0.0.0.0"},
+        {"host": "192.168.1.10", "allow_remote": True},
+        {"host": "::", "token": "t0ken"},
+        {"host": "example.com", "allow_remote": True, "token": ""},
+    ],
+)
 def test_non_loopback_refused_without_allow_remote_and_token(env, overrides):
     with pytest.raises(ConfigError):
         create_app(web_config(**overrides), env.service)
@@ -60,18 +64,34 @@ def test_server_enforces_loopback_again(env):
 
 # -- token -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def token_client(env):
     app = create_app(web_config(token="s3cret-token"), env.service)
     return app.test_client()
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer wrong", "Bearer s3cret-token-and-more", "Basic czNjcmV0LXRva2Vu",
-                                  "s3cret-token", "Bearer", "Bearer s3cret-toke"])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        None,
+        "Bearer wrong",
+        "Bearer s3cret-token-and-more",
+        "Basic czNjcmV0LXRva2Vu",
+        "s3cret-token",
+        "Bearer",
+        "Bearer s3cret-toke",
+    ],
+)
 def test_token_required(token_client, env, auth):
     headers = {"Authorization": auth} if auth else {}
-    for url in ("/api/status", "/api/images", f"/api/images/{env.ids['garden/photo01.jpg']}/file",
-                "/api/openapi.json", "/api/no-such-route"):
+    for url in (
+        "/api/status",
+        "/api/images",
+        f"/api/images/{env.ids['garden/photo01.jpg']}/file",
+        "/api/openapi.json",
+        "/api/no-such-route",
+    ):
         with token_client.get(url, headers=headers) as r:
             err = error_of(r, 401)
             assert err["code"] == "unauthorized"
@@ -97,6 +117,7 @@ def test_page_and_health_need_no_token(token_client):
 
 # -- DNS rebinding and cross-site requests ----------------------------------------------------------
 
+
 @pytest.fixture
 def client(env):
     return create_app(web_config(), env.service).test_client()
@@ -120,12 +141,15 @@ def test_remote_server_does_not_check_host(env):
     assert r.status_code == 200
 
 
-@pytest.mark.parametrize("headers", [
-    {"Origin": "http://evil.example"},
-    {"Origin": "null"},
-    {"Sec-Fetch-Site": "cross-site"},
-    {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:3000"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:3000"},
+    ],
+)
 def test_cross_site_posts_refused(client, headers):
     err = error_of(client.post("/api/rescan", headers=headers), 403)
     assert err["code"] == "forbidden"
@@ -138,10 +162,19 @@ def test_same_origin_post_accepted(client):
 
 # -- headers -----------------------------------------------------------------------------------------
 
+
 def test_security_headers_everywhere(client, env):
     iid = env.ids["garden/photo01.jpg"]
-    for url in ("/", "/api/status", f"/api/images/{iid}/file", f"/api/images/{iid}/thumb", "/api/images/9999",
-                "/no-such-page", "/static/style.css", "/healthz"):
+    for url in (
+        "/",
+        "/api/status",
+        f"/api/images/{iid}/file",
+        f"/api/images/{iid}/thumb",
+        "/api/images/9999",
+        "/no-such-page",
+        "/static/style.css",
+        "/healthz",
+    ):
         with client.get(url) as r:
             r.get_data()
             h = r.headers
@@ -161,6 +194,7 @@ def test_page_has_no_inline_script_or_external_resource(client):
 
 
 # -- the waitress server -------------------------------------------------------------------------------
+
 
 def _http(url, data=None, headers=None, method=None):
     req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
@@ -191,8 +225,9 @@ def test_server_binds_ephemeral_port_and_serves(server, env):
 
 def test_server_upload_over_the_cap_is_413_json(server, env):
     body = b"\0" * (600 * 1024)  # over 0.5 MB, under waitress's own limit: Flask answers
-    status, headers, raw = _http(server.url + "/api/similar", data=body,
-                                 headers={"Content-Type": "application/octet-stream"})
+    status, headers, raw = _http(
+        server.url + "/api/similar", data=body, headers={"Content-Type": "application/octet-stream"}
+    )
     assert status == 413 and headers["Content-Type"] == "application/json"
     assert json.loads(raw)["error"]["code"] == "too_large"
 
@@ -200,8 +235,10 @@ def test_server_upload_over_the_cap_is_413_json(server, env):
 def test_waitress_own_errors_are_json(server):
     # a declared body far over the limit is refused by waitress before it reads it
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(b"POST /api/similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-                  b"Content-Length: 999999999\r\n\r\n")
+        s.sendall(
+            b"POST /api/similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 999999999\r\n\r\n"
+        )
         raw = _read_all(s)
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413")
@@ -218,8 +255,10 @@ def test_waitress_own_errors_are_json(server):
 def test_chunked_upload_over_the_cap_is_413_json(server, env):
     def post_chunked(chunks):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(b"POST /api/similar?k=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-                      b"Connection: close\r\n\r\n")
+            s.sendall(
+                b"POST /api/similar?k=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n"
+            )
             for c in chunks:
                 s.sendall(b"%x\r\n" % len(c) + c + b"\r\n")
             s.sendall(b"0\r\n\r\n")

@@ -18,8 +18,7 @@ from tests.fakes import PixelEmbedder
 def run_worker(library, state_dir, *requests):
     embedder = PixelEmbedder()
     runtime = Runtime(model=embedder.model_id)
-    worker = IndexWorker(state_dir / "index.db", library, embedder, VectorIndex(embedder.dim), IgnoreRules([]),
-                         runtime)
+    worker = IndexWorker(state_dir / "index.db", library, embedder, VectorIndex(embedder.dim), IgnoreRules([]), runtime)
     worker.start()
     try:
         for request in requests:

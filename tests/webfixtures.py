@@ -72,8 +72,9 @@ class WebEnv:
     def path_of(self, rel: str) -> Path:
         return self.library / rel
 
-    def add(self, rel: str, *, failed: str | None = None, vector: np.ndarray | None = None,
-            store: Store | None = None) -> int:
+    def add(
+        self, rel: str, *, failed: str | None = None, vector: np.ndarray | None = None, store: Store | None = None
+    ) -> int:
         """Record `rel` (already on disk, or not) in the store and the in-RAM index."""
         if store is None:
             with Store(self.db) as own, own.batch():

@@ -29,9 +29,11 @@ from simd.imaging import open_image, thumbnail  # noqa: E402
 
 def machine() -> str:
     info = machine_info(Pillow=PIL.__version__)
-    return (f"nproc {os.cpu_count()} ({info['nproc']} usable), {info['CPU']}, RAM {info['RAM']}, "
-            f"Python {info['Python']}, Pillow {info['Pillow']} "
-            f"load average {info['load average at start'].split()[0]}")
+    return (
+        f"nproc {os.cpu_count()} ({info['nproc']} usable), {info['CPU']}, RAM {info['RAM']}, "
+        f"Python {info['Python']}, Pillow {info['Pillow']} "
+        f"load average {info['load average at start'].split()[0]}"
+    )
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -48,8 +50,7 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 def fit(im: Image.Image, side: int) -> Image.Image:
     """What an embedder does next: shrink so that the short side is `side`."""
     scale = side / min(im.size)
-    return im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BILINEAR,
-                     reducing_gap=2.0)
+    return im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def bench(path: Path, side: int, repeat: int) -> None:

@@ -104,8 +104,10 @@ def main(argv=None) -> int:
     tf = bb.import_tf()  # before keras, which would import TensorFlow without the log filter
     import keras
     import PIL
-    info = machine_info(TensorFlow=tf.__version__, Keras=keras.__version__, NumPy=np.__version__,
-                        Pillow=PIL.__version__)
+
+    info = machine_info(
+        TensorFlow=tf.__version__, Keras=keras.__version__, NumPy=np.__version__, Pillow=PIL.__version__
+    )
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="simd-bench-") as tmp:
@@ -127,14 +129,27 @@ def main(argv=None) -> int:
                 mo, mo_cpu = max(model_only(emb, batch, n) for _ in range(args.repeat))
                 pl, pl_cpu = max(pipeline(emb, paths[:n]) for _ in range(args.repeat))
                 dec = decode_only(emb, paths[:n]) if batch == batches[-1] else None
-                row = {"backbone": name, "batch": batch, "images": n, "model": mo, "pipeline": pl,
-                       "ratio": pl / mo, "decode": dec, "workers": emb.decode_workers,
-                       "model_cpu": mo_cpu, "pipeline_cpu": pl_cpu, "load": os.getloadavg()[0]}
+                row = {
+                    "backbone": name,
+                    "batch": batch,
+                    "images": n,
+                    "model": mo,
+                    "pipeline": pl,
+                    "ratio": pl / mo,
+                    "decode": dec,
+                    "workers": emb.decode_workers,
+                    "model_cpu": mo_cpu,
+                    "pipeline_cpu": pl_cpu,
+                    "load": os.getloadavg()[0],
+                }
                 rows.append(row)
-                print(f"{name:20s} batch {batch:3d}  n={n:3d}  model-only {mo:7.1f} img/s ({mo_cpu:5.1f} CPU ms/img)"
-                      f"  pipeline {pl:7.1f} img/s ({pl_cpu:5.1f} CPU ms/img)  ratio {pl / mo:.2f}"
-                      + (f"  decode-only {dec:6.1f} img/s" if dec else "")
-                      + f"  load {row['load']:.1f}", flush=True)
+                print(
+                    f"{name:20s} batch {batch:3d}  n={n:3d}  model-only {mo:7.1f} img/s ({mo_cpu:5.1f} CPU ms/img)"
+                    f"  pipeline {pl:7.1f} img/s ({pl_cpu:5.1f} CPU ms/img)  ratio {pl / mo:.2f}"
+                    + (f"  decode-only {dec:6.1f} img/s" if dec else "")
+                    + f"  load {row['load']:.1f}",
+                    flush=True,
+                )
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss_mb:.0f} MB")
     if not args.no_write:
@@ -144,34 +159,45 @@ def main(argv=None) -> int:
 
 
 def render(info: dict, rows: list[dict], rss_mb: float, args) -> str:
-    lines = [HEADING, "",
-             f"Measured {time.strftime('%Y-%m-%d')} with `tests/bench/bench_embed.py` "
-             f"(`--images {args.images} --batches {args.batches} --repeat {args.repeat}`; "
-             "each figure is the fastest of the repeats).", "",
-             "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".", "",
-             "*model-only*: random uint8 batches through the embedder's `tf.function` (preprocess + "
-             "network + pooling). *pipeline*: `Embedder.embed_files` on real 3000x2000 JPEGs (draft-mode "
-             "decode in the pool, resize, network, L2). *decode-only*: the decode pool alone "
-             f"({rows[0]['workers']} threads, the default here). ResNet50 has random weights (same speed). "
-             "Batch 1 uses a quarter of the images.", "",
-             "CPU ms/img is this process's CPU time (all threads) per image, less sensitive than img/s "
-             "to other processes on a shared machine; *load* is the 1-minute load average after the row (this "
-             "benchmark's own threads count: ~2 on a machine otherwise idle).", "",
-             "| backbone | batch | images | model-only img/s | model CPU ms/img | pipeline img/s "
-             "| pipeline CPU ms/img | pipeline / model | decode-only img/s | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        HEADING,
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `tests/bench/bench_embed.py` "
+        f"(`--images {args.images} --batches {args.batches} --repeat {args.repeat}`; "
+        "each figure is the fastest of the repeats).",
+        "",
+        "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".",
+        "",
+        "*model-only*: random uint8 batches through the embedder's `tf.function` (preprocess + "
+        "network + pooling). *pipeline*: `Embedder.embed_files` on real 3000x2000 JPEGs (draft-mode "
+        "decode in the pool, resize, network, L2). *decode-only*: the decode pool alone "
+        f"({rows[0]['workers']} threads, the default here). ResNet50 has random weights (same speed). "
+        "Batch 1 uses a quarter of the images.",
+        "",
+        "CPU ms/img is this process's CPU time (all threads) per image, less sensitive than img/s "
+        "to other processes on a shared machine; *load* is the 1-minute load average after the row (this "
+        "benchmark's own threads count: ~2 on a machine otherwise idle).",
+        "",
+        "| backbone | batch | images | model-only img/s | model CPU ms/img | pipeline img/s "
+        "| pipeline CPU ms/img | pipeline / model | decode-only img/s | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         dec = f"{r['decode']:.1f}" if r["decode"] else ""
-        lines.append(f"| {r['backbone']} | {r['batch']} | {r['images']} | {r['model']:.1f} | {r['model_cpu']:.1f} "
-                     f"| {r['pipeline']:.1f} | {r['pipeline_cpu']:.1f} | {r['ratio']:.2f} | {dec} | {r['load']:.1f} |")
+        lines.append(
+            f"| {r['backbone']} | {r['batch']} | {r['images']} | {r['model']:.1f} | {r['model_cpu']:.1f} "
+            f"| {r['pipeline']:.1f} | {r['pipeline_cpu']:.1f} | {r['ratio']:.2f} | {dec} | {r['load']:.1f} |"
+        )
     lines += ["", f"Peak RSS of the whole run (both backbones loaded): {rss_mb:.0f} MB.", ""]
     largest = [r for r in rows if r["batch"] == max(x["batch"] for x in rows)]
     for r in largest:
         decode_cpu = r["pipeline_cpu"] - r["model_cpu"]
-        lines.append(f"- {r['backbone']}, batch {r['batch']}: decoding and resizing add ~{decode_cpu:.0f} CPU ms per "
-                     f"3000x2000 JPEG to the network's {r['model_cpu']:.0f}; on {os.cpu_count()} cores the decode "
-                     f"pool competes with TensorFlow for the same CPUs, so the pipeline reaches "
-                     f"{r['ratio']:.0%} of model-only throughput.")
+        lines.append(
+            f"- {r['backbone']}, batch {r['batch']}: decoding and resizing add ~{decode_cpu:.0f} CPU ms per "
+            f"3000x2000 JPEG to the network's {r['model_cpu']:.0f}; on {os.cpu_count()} cores the decode "
+            f"pool competes with TensorFlow for the same CPUs, so the pipeline reaches "
+            f"{r['ratio']:.0%} of model-only throughput."
+        )
     lines.append("")
     return "\n".join(lines)
 

@@ -56,11 +56,18 @@ def machine() -> dict[str, str]:
     fs = "unknown"
     try:
         from simd.observers import filesystem_type
+
         fs = filesystem_type(tempfile.gettempdir())
     except Exception:  # informative only
         pass
-    return machine_info(**{"SQLite": sqlite3.sqlite_version, "sqlite-utils": importlib.metadata.version("sqlite-utils"),
-                           "NumPy": np.__version__, "temp filesystem": fs})
+    return machine_info(
+        **{
+            "SQLite": sqlite3.sqlite_version,
+            "sqlite-utils": importlib.metadata.version("sqlite-utils"),
+            "NumPy": np.__version__,
+            "temp filesystem": fs,
+        }
+    )
 
 
 def make_tree(root: Path, n: int) -> float:
@@ -111,6 +118,7 @@ class Split:
                 return fn(*a, **kw)
             finally:
                 self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t
+
         return wrapper
 
     def __enter__(self):
@@ -183,8 +191,11 @@ def bench(base: Path, n: int, dims: list[int], repeat: int, profile: bool) -> tu
                 gc.collect()
                 runs.append(one_run(root, store, n))
                 r = runs[-1]
-                print(f"[{n}, dim {dim}] run: {r['total']:.2f} s (walk {r['walk']:.2f}, records "
-                      f"{r['records']:.2f}, plan {r['plan']:.2f})", file=sys.stderr)
+                print(
+                    f"[{n}, dim {dim}] run: {r['total']:.2f} s (walk {r['walk']:.2f}, records "
+                    f"{r['records']:.2f}, plan {r['plan']:.2f})",
+                    file=sys.stderr,
+                )
             if profile:
                 prof = cProfile.Profile()
                 one_run(root, store, n, prof)
@@ -194,8 +205,18 @@ def bench(base: Path, n: int, dims: list[int], repeat: int, profile: bool) -> tu
         finally:
             store.close()
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        rows.append({"n": n, "dim": dim, "db_mb": db_mb, "repeat": repeat, "ignore": ignore_s, **med,
-                     "min": min(r["total"] for r in runs), "max": max(r["total"] for r in runs)})
+        rows.append(
+            {
+                "n": n,
+                "dim": dim,
+                "db_mb": db_mb,
+                "repeat": repeat,
+                "ignore": ignore_s,
+                **med,
+                "min": min(r["total"] for r in runs),
+                "max": max(r["total"] for r in runs),
+            }
+        )
     return rows, prof_text
 
 
@@ -204,32 +225,42 @@ def size_note(rows: list[dict]) -> str:
     if len(by_dim) < 2:
         return "does not change what is read"
     small, large = by_dim[min(by_dim)], by_dim[max(by_dim)]
-    return (f"hardly matters: the {large['dim']}-d database is {large['db_mb'] / small['db_mb']:.0f}x the "
-            f"{small['dim']}-d one on disk, yet `records()` takes {large['records']:.2f} s vs {small['records']:.2f} s")
+    return (
+        f"hardly matters: the {large['dim']}-d database is {large['db_mb'] / small['db_mb']:.0f}x the "
+        f"{small['dim']}-d one on disk, yet `records()` takes {large['records']:.2f} s vs {small['records']:.2f} s"
+    )
 
 
 def render(info: dict, rows: list[dict], args, rss_mb: float) -> str:
-    lines = [HEADING, "",
-             f"Measured {time.strftime('%Y-%m-%d')} with `.venv/bin/python tests/bench/bench_reconcile.py` "
-             f"(`--sizes {args.sizes} --dims {args.dims} --repeat {args.repeat}`).", "",
-             "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".", "",
-             "A full `Reconciler(...).run()` over a library where nothing changed: N files of 100 bytes "
-             f"named `*.jpg`, {FILES_PER_DIR} per folder, and a store holding a matching `ok` row for each "
-             "(real size and mtime_ns). The embedder is `tests/fakes.py`'s PixelEmbedder and makes **zero** "
-             "calls (asserted). *dim* is the size of the stored vectors: 16 is a tiny row; 2048 (ResNet50) "
-             "is the real 8 KB row, whose vector spills onto overflow pages. Times are the median of "
-             f"{args.repeat} runs after one warm-up run (page cache and dentry cache warm, as for the "
-             "hourly reconcile of a running daemon); the split comes from the same runs "
-             "(`walk` = `scanner.walk`, `records` = `Store.records()`, `plan` = `scanner.make_plan`, "
-             "`rest` = everything else in `run()`). CPU is this process's CPU time.", "",
-             f"| files | dim | DB size | total s (median) | min-max s | CPU s | walk s | records s | plan s "
-             f"| rest s | bar <= {BAR_SECONDS:.0f} s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        HEADING,
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `.venv/bin/python tests/bench/bench_reconcile.py` "
+        f"(`--sizes {args.sizes} --dims {args.dims} --repeat {args.repeat}`).",
+        "",
+        "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".",
+        "",
+        "A full `Reconciler(...).run()` over a library where nothing changed: N files of 100 bytes "
+        f"named `*.jpg`, {FILES_PER_DIR} per folder, and a store holding a matching `ok` row for each "
+        "(real size and mtime_ns). The embedder is `tests/fakes.py`'s PixelEmbedder and makes **zero** "
+        "calls (asserted). *dim* is the size of the stored vectors: 16 is a tiny row; 2048 (ResNet50) "
+        "is the real 8 KB row, whose vector spills onto overflow pages. Times are the median of "
+        f"{args.repeat} runs after one warm-up run (page cache and dentry cache warm, as for the "
+        "hourly reconcile of a running daemon); the split comes from the same runs "
+        "(`walk` = `scanner.walk`, `records` = `Store.records()`, `plan` = `scanner.make_plan`, "
+        "`rest` = everything else in `run()`). CPU is this process's CPU time.",
+        "",
+        f"| files | dim | DB size | total s (median) | min-max s | CPU s | walk s | records s | plan s "
+        f"| rest s | bar <= {BAR_SECONDS:.0f} s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         ok = "n/a" if r["n"] < 100_000 else ("met" if r["total"] <= BAR_SECONDS else "**missed**")
-        lines.append(f"| {r['n']:,} | {r['dim']} | {r['db_mb']:.0f} MB | {r['total']:.2f} "
-                     f"| {r['min']:.2f}-{r['max']:.2f} | {r['cpu']:.2f} | {r['walk']:.2f} | {r['records']:.2f} "
-                     f"| {r['plan']:.2f} | {r['rest']:.2f} | {ok} |")
+        lines.append(
+            f"| {r['n']:,} | {r['dim']} | {r['db_mb']:.0f} MB | {r['total']:.2f} "
+            f"| {r['min']:.2f}-{r['max']:.2f} | {r['cpu']:.2f} | {r['walk']:.2f} | {r['records']:.2f} "
+            f"| {r['plan']:.2f} | {r['rest']:.2f} | {ok} |"
+        )
     lines.append("")
     big = max(rows, key=lambda r: (r["n"], r["dim"]))
     lines += [
@@ -248,7 +279,8 @@ def render(info: dict, rows: list[dict], args, rss_mb: float) -> str:
         "it reads the ~500-byte local part of each row, ~1/8 of a page).",
         "- Memory: the walk's `DiskFile`s and the store's `FileRecord`s (one per file each) live at "
         f"once; the whole benchmark process peaked at {rss_mb:.0f} MB RSS.",
-        ""]
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -62,8 +62,11 @@ def main() -> None:
             data = photo.read_bytes()
             big = data + np.random.default_rng(0).integers(0, 256, 25 * MB - 1 - len(data), np.uint8).tobytes()
             cases = []
-            uploads = (("12 MP JPEG, 3.8 MB", data, "p.jpg"), ("HEIC 12 MP", heic.read_bytes(), "p.heic"),
-                       ("JPEG padded to 25 MB - 1", big, "big.jpg"))
+            uploads = (
+                ("12 MP JPEG, 3.8 MB", data, "p.jpg"),
+                ("HEIC 12 MP", heic.read_bytes(), "p.heic"),
+                ("JPEG padded to 25 MB - 1", big, "big.jpg"),
+            )
             for label, payload, name in uploads:
                 for how in ("multipart", "raw"):
                     if how == "multipart":
@@ -84,11 +87,16 @@ def main() -> None:
         finally:
             served.stop()
     info = machine_info()
-    lines = ["## Uploads: peak memory", "",
-             f"`python tests/bench/bench_upload.py --model {args.model}`: a real `simd serve`; each row resets the "
-             "server's peak RSS, sends one upload (after one warm-up of the same), and reads the peak. "
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".", "",
-             "| upload | as | MB | status | RSS before | peak rise | seconds |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Uploads: peak memory",
+        "",
+        f"`python tests/bench/bench_upload.py --model {args.model}`: a real `simd serve`; each row resets the "
+        "server's peak RSS, sends one upload (after one warm-up of the same), and reads the peak. "
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "",
+        "| upload | as | MB | status | RSS before | peak rise | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, how, size, status, before, rise, seconds in cases:
         lines.append(f"| {label} | {how} | {size:.1f} | {status} | {before:.0f} MB | +{rise:.0f} MB | {seconds:.2f} |")
     text = "\n".join(lines) + "\n"

@@ -26,10 +26,14 @@ def machine_info(**versions: str) -> dict[str, str]:
     then the 1-, 5- and 15-minute load averages ("load average at start")."""
     cpu = _proc_field("/proc/cpuinfo", r"^model name\s*:\s*(.+)$") or platform.processor() or "unknown"
     kb = _proc_field("/proc/meminfo", r"^MemTotal:\s+(\d+)")
-    return {"nproc": str(len(os.sched_getaffinity(0))), "CPU": cpu,
-            "RAM": f"{int(kb) / 1024 ** 2:.1f} GiB" if kb else "unknown",
-            "Python": platform.python_version(), **{k: str(v) for k, v in versions.items()},
-            "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "CPU": cpu,
+        "RAM": f"{int(kb) / 1024**2:.1f} GiB" if kb else "unknown",
+        "Python": platform.python_version(),
+        **{k: str(v) for k, v in versions.items()},
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 def write_section(path: Path, heading: str, section: str) -> None:
@@ -41,6 +45,6 @@ def write_section(path: Path, heading: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     else:
         nxt = text.find("\n## ", m.end() - 1)
-        text = text[:m.start()] + section.rstrip("\n") + "\n\n" + (text[nxt + 1:] if nxt != -1 else "")
+        text = text[: m.start()] + section.rstrip("\n") + "\n\n" + (text[nxt + 1 :] if nxt != -1 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")

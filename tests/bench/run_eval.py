@@ -37,19 +37,41 @@ def run_task(kit: Path, task: str, descriptor: str, model: str, work: Path) -> d
     state = work / f"{descriptor}-{task}"
     library = kit / task
     t = time.perf_counter()
-    out = subprocess.run([*SIMD, "index", str(library), "--state-dir", str(state), "--model", model, "--json"],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*SIMD, "index", str(library), "--state-dir", str(state), "--model", model, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     summary = json.loads(out.stdout)
     summary["wall_s"] = round(time.perf_counter() - t, 1)
     port = free_port()
     log = open(work / f"{descriptor}-{task}.log", "w")
-    server = subprocess.Popen([*SIMD, "serve", str(library), "--state-dir", str(state), "--model", model,
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [*SIMD, "serve", str(library), "--state-dir", str(state), "--model", model, "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         result_file = work / f"{descriptor}-{task}.json"
-        subprocess.run([sys.executable, str(EVAL / "score.py"), str(kit), "--task", task,
-                        "--url", f"http://127.0.0.1:{port}", "--json", str(result_file), "--timeout", "900"],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(EVAL / "score.py"),
+                str(kit),
+                "--task",
+                task,
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "--json",
+                str(result_file),
+                "--timeout",
+                "900",
+            ],
+            check=True,
+        )
         result = json.loads(result_file.read_text())
     finally:
         server.terminate()
@@ -84,10 +106,16 @@ def main() -> None:
     for label, get in rows:
         print(f"| {label} | " + " | ".join(f"{get(results[n]):.3f}" for n in names) + " |")
     for task in ("neardup", "category"):
-        print(f"| indexing {task}, images/s (model calls/s) | " + " | ".join(
-            f"{results[n][task]['index']['images_per_s']:.1f}" for n in names) + " |")
-    print("| query latency p50 ms (category) | " + " | ".join(
-        f"{results[n]['category']['latency_ms_p50']}" for n in names) + " |")
+        print(
+            f"| indexing {task}, images/s (model calls/s) | "
+            + " | ".join(f"{results[n][task]['index']['images_per_s']:.1f}" for n in names)
+            + " |"
+        )
+    print(
+        "| query latency p50 ms (category) | "
+        + " | ".join(f"{results[n]['category']['latency_ms_p50']}" for n in names)
+        + " |"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,13 @@ from simd.backbones import load_backbone  # noqa: E402
 from simd.embedder import DESCRIPTORS, Descriptor, Embedder, resolve_descriptor  # noqa: E402
 
 K = 10
-WHITENING_GRID = [WhiteningParams(0.5, 1.0, 512), WhiteningParams(0.5, 0.1, 512), WhiteningParams(1.0, 1.0, 512),
-                  WhiteningParams(1.0, 0.1, 128), WhiteningParams(0.25, 0.1, 512)]
+WHITENING_GRID = [
+    WhiteningParams(0.5, 1.0, 512),
+    WhiteningParams(0.5, 0.1, 512),
+    WhiteningParams(1.0, 1.0, 512),
+    WhiteningParams(1.0, 0.1, 128),
+    WhiteningParams(0.25, 0.1, 512),
+]
 
 
 def candidates(model: str) -> dict[str, Descriptor]:
@@ -135,14 +140,19 @@ def main() -> None:
         prec = score_category(cat_rows, cat)
         worst = min(kinds, key=kinds.get)
         rate = (len(nd_rows) + len(cat_rows)) / (t1 + t2)
-        print(f"{name:<10} {recall:7.3f} {worst:>8} {kinds[worst]:.3f} {prec:6.3f} {'':>7} {'':>6} "
-              f"{rate:7.1f}", flush=True)
+        print(
+            f"{name:<10} {recall:7.3f} {worst:>8} {kinds[worst]:.3f} {prec:6.3f} {'':>7} {'':>6} {rate:7.1f}",
+            flush=True,
+        )
         for wp in [] if a.no_whitening else WHITENING_GRID:
             w_cat, w_nd = fit_whitening(cat, wp), fit_whitening(nd, wp)
             rec_w, kinds_w = score_neardup(nd_rows, w_nd(nd))
             worst_w = min(kinds_w, key=kinds_w.get)
-            print(f"  +W p={wp.power} s={wp.shrink} c={wp.max_components:<4} {rec_w:6.3f} {worst_w:>8} "
-                  f"{kinds_w[worst_w]:.3f} {score_category(cat_rows, w_cat(cat)):6.3f}", flush=True)
+            print(
+                f"  +W p={wp.power} s={wp.shrink} c={wp.max_components:<4} {rec_w:6.3f} {worst_w:>8} "
+                f"{kinds_w[worst_w]:.3f} {score_category(cat_rows, w_cat(cat)):6.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
