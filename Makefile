@@ -25,7 +25,7 @@ PYOPEN  = import os, sys; from pathlib import Path; \
   closed and print("warning: other users (such as the service user) cannot reach " + closed[0] + \
                    "; make install again with PYTHON=/usr/bin/python3")
 
-.PHONY: run test test-all lint bench venv clean install uninstall
+.PHONY: run test test-reliability test-all lint bench venv clean install uninstall
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -52,6 +52,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+# The slow reliability tests (kill -9 of simd serve, twenty times mid-index); CI runs them too.
+test-reliability: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m slow tests/test_crash_serve.py $(ARGS)
 
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
