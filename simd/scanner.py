@@ -127,11 +127,10 @@ def _list(abs_dir, rel_dir, ignore, follow_symlinks, found, dirs, seen_dirs, lin
                         if follow_symlinks and fd is None:
                             heapq.heappush(links, (rel, path, entry.name))
                     elif entry.is_dir(follow_symlinks=False):
-                        if not ignore.ignored_entry(entry.name, rel, True):
-                            st = entry.stat(follow_symlinks=False)
-                            if (st.st_dev, st.st_ino) not in seen_dirs:
-                                seen_dirs.add((st.st_dev, st.st_ino))
-                                dirs.append((path, rel))
+                        if not ignore.ignored_entry(entry.name, rel, True) and (key := _key(entry)) not in seen_dirs:
+                            if key is not None:
+                                seen_dirs.add(key)
+                            dirs.append((path, rel))
                     elif entry.is_file(follow_symlinks=False) and not ignore.ignored_entry(entry.name, rel, False):
                         st = entry.stat(follow_symlinks=False)
                         error = _too_long(path) if fd is not None else None
@@ -143,6 +142,17 @@ def _list(abs_dir, rel_dir, ignore, follow_symlinks, found, dirs, seen_dirs, lin
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _key(entry: os.DirEntry) -> tuple[int, int] | None:
+    """A directory's (st_dev, st_ino); None past PATH_MAX (its listing, by descriptor, comes next)."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _follow(path, rel, name, real_root, ignore, found, dirs, seen_dirs, seen_files) -> None:

@@ -371,13 +371,13 @@ class Store:
 
     def delete_paths(self, paths: Iterable[str]) -> list[int]:
         """Delete these paths (unknown ones are ignored); returns the deleted ids."""
-        paths = [path_to_db(p) for p in paths]
+        keys = [path_to_db(p) for p in paths]
         deleted: list[int] = []
         with self._lock:
-            if not paths:
+            if not keys:
                 self._write("SELECT 1", [])  # still refuse outside a batch
-            for i in range(0, len(paths), _CHUNK):
-                chunk = paths[i : i + _CHUNK]
+            for i in range(0, len(keys), _CHUNK):
+                chunk = keys[i : i + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 deleted += [
                     r[0]
