@@ -5,11 +5,12 @@ thread (`simd.worker.IndexWorker`). Each chunk of files is one `BEGIN IMMEDIATE`
 a kill -9 loses at most the chunk in flight, which the next run redoes; deletions come last, after
 new paths had the chance to take over the vectors of the rows they replace (renames and moves).
 
-A file that cannot be read (stat, hash, decode: any OSError, a path too long, a name that is not
-UTF-8 is no error at all) becomes that file's failure row, shown by `simd errors`; it never fails the
-run or the chunk. Deletions are refused (LibraryOffline, the index kept) when the library root is
-gone or empty, and when most of the library vanished at once (`MassDeletion`, see MASS_DELETE_MIN)
-unless the run is told the deletion is confirmed.
+A file that cannot be read (any OSError on stat, hash or decode; a path past PATH_MAX; a folder that
+cannot be listed) becomes that file's (or folder's) failure row, shown by `simd errors`; it never
+fails the run or the chunk. A name that is not UTF-8 is no error at all. Deletions are refused
+(LibraryOffline, the index kept) when the library root is gone or empty, and when most of the library
+vanished at once (`MassDeletion`, see MASS_DELETE_MIN) unless the run is told the deletion is
+confirmed.
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 The walk only stats files; nothing is read or hashed here. The plan says which paths are new, which
 changed by `(size, mtime_ns)`, which rows are gone, and which are indexed with another model
 (stale). The indexer applies the plan; hashing decides there whether a change is real.
+
+Nothing on disk makes a walk fail (docs/RELIABILITY.md): a name that is not UTF-8 is a name like any
+other (kept exact, as a `str` with surrogates); a file that cannot be stat'ed, or whose path is past
+PATH_MAX (listed through a descriptor, one folder at a time), is a `DiskFile` with its `error`; a
+folder that cannot be listed is one too, `unlisted`, and the rows under it are kept, not deleted.
+Only the library root itself failing is LibraryOffline. Symlinks: see `walk` and `canonical`.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ class DiskFile:
     size: int
     mtime_ns: int
     error: str | None = None  # why it cannot be indexed (found by the walk): recorded as its failure
-    folder: bool = False  # a folder that could not be listed: what the index holds under it is kept
+    unlisted: bool = False  # a folder that could not be listed (or a path not even stat'ed): rows under it are kept
 
 
 @dataclass
@@ -72,13 +78,14 @@ def walk(root: Path, ignore: IgnoreRules, *, follow_symlinks: bool = False, unde
     Uses os.scandir (its DirEntry knows the type without a stat; `stat()` caches lstat) so 100k
     unchanged files cost one stat each. What cannot be read is reported, never fatal: a file that
     cannot be stat'ed or whose path is too long comes back with its `error`; a folder that cannot be
-    listed comes back as a `folder` entry with its `error` (the rows under it are kept, not deleted).
+    listed comes back as an `unlisted` entry with its `error` (the rows under it are kept).
     A directory is listed once, by (st_dev, st_ino), so a bind mount of a folder above it ends.
 
     Symlinks (only with follow_symlinks) are followed after every real folder has been listed, in
     path order, so what they reach is named as without links whenever it can be: a link to a file
     or folder inside the library (a link to the root or a folder above it: a loop) adds nothing; a
-    folder or file outside it is listed once, under the first link to it in path order.
+    folder or file outside it is listed once, under the first link to it in path order (hard links,
+    two real names of one file, stay two entries). Past PATH_MAX no link is followed.
     """
     found: dict[str, DiskFile] = {}
     real_root = os.path.realpath(root)
@@ -103,8 +110,9 @@ def walk(root: Path, ignore: IgnoreRules, *, follow_symlinks: bool = False, unde
         except OSError as e:
             if not rel_dir:
                 raise LibraryOffline(f"cannot list the library root {root}: {e.strerror or e}") from None
-            log.warning("cannot list %s: %s; the files in it are left as they are", display_path(abs_dir), e)
-            found[rel_dir] = DiskFile(rel_dir, 0, 0, f"cannot list this folder: {e.strerror or e}", folder=True)
+            # Not a warning at every walk: the indexer logs the folder's failure row once, when written.
+            log.debug("cannot list %s: %s; the files in it are left as they are", display_path(abs_dir), e)
+            found[rel_dir] = DiskFile(rel_dir, 0, 0, f"cannot list this folder: {e.strerror or e}", unlisted=True)
     return found
 
 
@@ -230,8 +238,8 @@ def stat_one(root: Path, rel: str, ignore: IgnoreRules, follow_symlinks: bool = 
     except OSError as e:
         if e.errno == errno.ELOOP:
             return None
-        if e.errno != errno.ENAMETOOLONG:
-            return DiskFile(rel, 0, 0, _reason(e, path))
+        if e.errno != errno.ENAMETOOLONG:  # a file or a folder? unknown: what is under it is kept
+            return DiskFile(rel, 0, 0, _reason(e, path), unlisted=True)
         try:
             fd = _open_long(os.path.dirname(path))
         except OSError:
@@ -300,7 +308,7 @@ def make_plan(disk: dict[str, DiskFile], records: dict[str, FileRecord], model: 
             plan.stale.append(f)
         else:
             plan.unchanged += 1  # failed files are not retried until their size or mtime changes
-    unlisted = {f.path for f in disk.values() if f.folder}  # what is under them is unknown, not gone
+    unlisted = {f.path for f in disk.values() if f.unlisted}  # what is under them is unknown, not gone
     plan.gone = [rec for rel, rec in records.items() if rel not in disk and not _under_any(rel, unlisted)]
     # Stable order: new files in path order make progress and crash-recovery predictable.
     for items in (plan.new, plan.changed, plan.stale):
