@@ -54,7 +54,8 @@ def cmd_index(config: cfg.Config, args) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"{state_dir.root}: {summary.describe()}; {result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s"
+            f"{display_path(str(state_dir.root))}: {summary.describe()}; "
+            f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s"
         )
     return 0
 
@@ -88,7 +89,7 @@ def cmd_query(config: cfg.Config, args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{len(result['results'])} most similar to {image} ({result['model']}):")
+    print(f"{len(result['results'])} most similar to {display_path(str(image))} ({result['model']}):")
     for rank, hit in enumerate(result["results"], 1):
         print(f"{rank:>3}. {hit['score']:.4f}  {display_path(hit['path'], controls=True)}")
     return 0

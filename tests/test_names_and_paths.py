@@ -354,6 +354,9 @@ def test_simd_index_and_errors_commands_show_names_readably(hostile, state_dir, 
     assert any(line.startswith("never.jpg: ") for line in lines) and any("path too long" in x for x in lines)
     assert cli.main(["errors", *args, "--json"]) == 0
     assert "bad\n\\xe9.jpg" in {e["path"] for e in json.loads(capsys.readouterr().out)["errors"]}
+    assert cli.main(["query", str(hostile.root / NOT_UTF8), *args, "-k", "3"]) == 0  # searched by its own vector
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("caf\\xe9.png (pixels):") and len(out.splitlines()) == 4, out
 
 
 # -- finding 6: most of the library vanished at once --------------------------------------------
