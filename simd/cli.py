@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="bring the index up to date once, then exit")
     _common(p, library=True, model=True)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument(
+        "--allow-mass-delete",
+        dest="allow_mass_delete",
+        action="store_true",
+        help="most of the library was really deleted: drop it from the index (otherwise refused as an unmounted disk)",
+    )
 
     p = sub.add_parser("query", help="the k indexed images most similar to IMAGE")
     p.add_argument("image", help="an image file, inside the library or not")

@@ -11,6 +11,7 @@ from simd.client import ask_similar, live_status
 from simd.embedder import Embedder
 from simd.errors import NotFound, SimdError
 from simd.ignore import IgnoreRules
+from simd.paths import display_path
 from simd.progress import ProgressBar
 from simd.search import SearchService
 from simd.statedir import StateDir, db_path, find_state_dir
@@ -45,7 +46,7 @@ def cmd_index(config: cfg.Config, args) -> int:
                     follow_symlinks=config.follow_symlinks,
                     on_progress=bar.update,
                 )
-                summary = reconciler.run()
+                summary = reconciler.run(allow_mass_delete=getattr(args, "allow_mass_delete", False))
             finally:
                 bar.close()
     result = summary.as_dict()
@@ -53,7 +54,8 @@ def cmd_index(config: cfg.Config, args) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"{state_dir.root}: {summary.describe()}; {result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s"
+            f"{display_path(str(state_dir.root))}: {summary.describe()}; "
+            f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s"
         )
     return 0
 
@@ -87,9 +89,9 @@ def cmd_query(config: cfg.Config, args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{len(result['results'])} most similar to {image} ({result['model']}):")
+    print(f"{len(result['results'])} most similar to {display_path(str(image))} ({result['model']}):")
     for rank, hit in enumerate(result["results"], 1):
-        print(f"{rank:>3}. {hit['score']:.4f}  {hit['path']}")
+        print(f"{rank:>3}. {hit['score']:.4f}  {display_path(hit['path'], controls=True)}")
     return 0
 
 
@@ -157,7 +159,13 @@ def cmd_errors(config: cfg.Config, args) -> int:
         rows = store.errors()
     if args.json:
         items = [
-            {"id": r["id"], "path": r["path"], "error": r["error"], "size": r["size"], "mtime": r["mtime_ns"] / 1e9}
+            {
+                "id": r["id"],
+                "path": display_path(r["path"]),
+                "error": r["error"],
+                "size": r["size"],
+                "mtime": r["mtime_ns"] / 1e9,
+            }
             for r in rows
         ]
         print(json.dumps({"errors": items, "total": len(items)}))
@@ -165,5 +173,5 @@ def cmd_errors(config: cfg.Config, args) -> int:
     if not rows:
         print("no errors")
     for r in rows:
-        print(f"{r['path']}: {r['error']}")
+        print(f"{display_path(r['path'], controls=True)}: {r['error']}")
     return 0

@@ -101,7 +101,13 @@ class Daemon:
             follow_symlinks=self.config.follow_symlinks,
             on_deleted=ThumbCache(state_dir.path / "thumbs").forget,
         )
-        service.attach(vectors, embedder=embedder, rescan=lambda: worker.request_full("rescan requested"))
+        service.attach(
+            vectors,
+            embedder=embedder,
+            rescan=lambda confirm_deletions=False: worker.request_full(
+                "rescan requested", confirm_deletions=confirm_deletions
+            ),
+        )
         self.runtime.update(model=embedder.model_id, dim=embedder.dim)
         worker.start()
         # Watch first, then walk: a change made during the startup walk is then seen by one or the other.

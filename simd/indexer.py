@@ -4,6 +4,13 @@
 thread (`simd.worker.IndexWorker`). Each chunk of files is one `BEGIN IMMEDIATE` transaction, so
 a kill -9 loses at most the chunk in flight, which the next run redoes; deletions come last, after
 new paths had the chance to take over the vectors of the rows they replace (renames and moves).
+
+A file that cannot be read (any OSError on stat, hash or decode; a path past PATH_MAX; a folder that
+cannot be listed) becomes that file's (or folder's) failure row, shown by `simd errors`; it never
+fails the run or the chunk. A name that is not UTF-8 is no error at all. Deletions are refused
+(LibraryOffline, the index kept) when the library root is gone or empty, and when most of the library
+vanished at once (`MassDeletion`, see MASS_DELETE_MIN) unless the run is told the deletion is
+confirmed.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import numpy as np
 
 from simd.errors import ImageError, LibraryOffline
 from simd.ignore import IgnoreRules
-from simd.scanner import DiskFile, Plan, check_root, file_hash, has_entries, make_plan, stat_one, walk
+from simd.paths import display_path
+from simd.scanner import DiskFile, Plan, check_root, file_hash, has_entries, make_plan, scan_path, walk
 from simd.store import FileRecord, Store
 from simd.vectors import VectorIndex
 
@@ -28,6 +36,15 @@ log = logging.getLogger(__name__)
 
 RECENT_DELETED_MAX = 5000  # vectors of just-deleted rows kept for moves whose two halves arrive apart
 RECENT_DELETED_SECONDS = 600.0
+# A run that would delete more than MASS_DELETE_MIN rows and more than half of the index at once is
+# refused (MassDeletion) unless confirmed: that is how an unmounted disk or an offline share looks,
+# even when a stray file sits in the empty mount point. Deleting a folder of a few dozen photos, or
+# a small part of a large library, never trips it.
+MASS_DELETE_MIN = 50
+
+
+class MassDeletion(LibraryOffline):
+    """Most of the library vanished at once: the index is kept until the deletion is confirmed."""
 
 
 @dataclass
@@ -140,13 +157,17 @@ class Reconciler:
         return self.embedder.model_id
 
     # -- planning
-    def plan(self, paths: Iterable[str] | None = None) -> tuple[Plan, dict[str, FileRecord]]:
+    def plan(
+        self, paths: Iterable[str] | None = None, *, allow_mass_delete: bool = False
+    ) -> tuple[Plan, dict[str, FileRecord]]:
+        """What is to be done for these paths (None or "": the whole library). Nothing on disk
+        raises here; what cannot be read is in the plan as a failure of that file or folder."""
         check_root(self.root)
         self.on_progress("scanning", 0, 0)
         if paths is None or "" in (paths := {p.strip("/") for p in paths}):
             disk = walk(self.root, self.ignore, follow_symlinks=self.follow_symlinks)
             records = self.store.records()
-            if not disk and records:
+            if not disk and records and not allow_mass_delete:
                 raise LibraryOffline(
                     f"library root {self.root} is empty but the index holds {len(records)} "
                     "images; refusing to delete them (is a disk unmounted?)"
@@ -154,19 +175,21 @@ class Reconciler:
         else:
             disk, records = {}, {}
             for rel in sorted(paths):
-                abs_path = self.root / rel
-                if abs_path.is_dir() and (self.follow_symlinks or not abs_path.is_symlink()):
-                    if not self.ignore.ignored(rel, True):
-                        disk.update(walk(self.root, self.ignore, follow_symlinks=self.follow_symlinks, under=rel))
-                elif (f := stat_one(self.root, rel, self.ignore, self.follow_symlinks)) is not None:
-                    disk[rel] = f
-                records.update(self.store.records(prefix=rel))
+                # A path reached through a symlink is compared under the name a full walk gives it.
+                name, found = scan_path(self.root, rel, self.ignore, follow_symlinks=self.follow_symlinks)
+                disk.update(found)
+                for prefix in {rel, name} - {None}:
+                    records.update(self.store.records(prefix=prefix))
         return make_plan(disk, records, self.model), records
 
     # -- applying
-    def run(self, paths: Iterable[str] | None = None) -> Summary:
+    def run(self, paths: Iterable[str] | None = None, *, allow_mass_delete: bool = False) -> Summary:
+        """Bring the index in line with these paths (None: the whole library). A file that cannot be
+        read is recorded as failed and the run goes on; LibraryOffline (MassDeletion among them)
+        when the library looks offline: then nothing is deleted. `allow_mass_delete`: the user
+        confirmed that most of the library is really gone."""
         started = time.perf_counter()
-        plan, records = self.plan(paths)
+        plan, records = self.plan(paths, allow_mass_delete=allow_mass_delete)
         summary = Summary(scanned=plan.scanned, unchanged=plan.unchanged)
         gone_hashes = {rec.hash for rec in plan.gone if rec.hash and rec.state == "ok"}
         moved_hashes: set[str] = set()
@@ -184,7 +207,7 @@ class Reconciler:
             done += len(chunk)
             self.on_progress("indexing", done, total)
         if not summary.interrupted and plan.gone:
-            summary.deleted = self._delete(plan.gone, moved_hashes)
+            summary.deleted = self._delete(plan.gone, moved_hashes, allow_mass_delete)
         summary.failed_total = self.store.counts(self.model)["failed"]
         summary.seconds = time.perf_counter() - started
         self.on_progress("done", total, total)
@@ -201,6 +224,9 @@ class Reconciler:
         writes: list[Write] = []
         to_embed: dict[str, list[tuple[str, DiskFile]]] = {}  # hash -> files with that new content
         for kind, f in chunk:
+            if f.error is not None:  # found unreadable by the walk (a folder, a path too long, ...)
+                writes.append(Write("failed", f, kind, error=f.error))
+                continue
             abs_path = self.root / f.path
             try:
                 digest = file_hash(abs_path)
@@ -234,6 +260,8 @@ class Reconciler:
                 for i, (kind, f) in enumerate(files):
                     if isinstance(result, ImageError):
                         writes.append(Write("failed", f, kind, digest, error=result.reason))
+                    elif not np.isfinite(result).all():  # stored, it would fail the chunk's commit
+                        writes.append(Write("failed", f, kind, digest, error="the model gave no usable vector"))
                     else:
                         if i:
                             self._note_reuse(kind, f, summary, files[0][1].path)
@@ -267,7 +295,7 @@ class Reconciler:
                     image_id = self.store.put_failed(f.path, f.size, f.mtime_ns, w.digest, w.error or "failed")
                     removed.append(image_id)
                     summary.failed += 1
-                    log.warning("skipping %s: %s", f.path, w.error)
+                    log.warning("skipping %s: %s", display_path(f.path, controls=True), w.error)
                 elif w.outcome == "touched":
                     self.store.update_stat(f.path, f.size, f.mtime_ns)
                     summary.touched += 1
@@ -282,11 +310,13 @@ class Reconciler:
         if vanished:
             self.on_deleted(vanished)
 
-    def _delete(self, gone: list[FileRecord], moved_hashes: set[str]) -> int:
+    def _delete(self, gone: list[FileRecord], moved_hashes: set[str], allow_mass_delete: bool = False) -> int:
         # The root may have vanished while we embedded: deleting now would empty the index.
         check_root(self.root)
-        if not has_entries(self.root):
-            raise LibraryOffline(f"library root {self.root} became empty; keeping the index")
+        if not allow_mass_delete:
+            if not has_entries(self.root):
+                raise LibraryOffline(f"library root {self.root} became empty; keeping the index")
+            self._check_mass_deletion(sum(1 for rec in gone if rec.hash not in moved_hashes))
         for rec in gone:
             if rec.hash and rec.state == "ok" and rec.model == self.model and rec.hash not in moved_hashes:
                 vec = self.store.vector_of(rec.id, self.model)  # the raw descriptor, not the index's copy
@@ -298,6 +328,18 @@ class Reconciler:
             self.vectors.remove(ids)
         self.on_deleted(ids)
         return sum(1 for rec in gone if rec.hash not in moved_hashes)
+
+    def _check_mass_deletion(self, n: int) -> None:
+        """Refuse to delete `n` rows (moves not counted) when that is most of the index at once."""
+        if n <= MASS_DELETE_MIN:
+            return
+        total = self.store.counts(None)["total"]
+        if n > total / 2:
+            raise MassDeletion(
+                f"{n} of the {total} files in the index are missing from {self.root} at once; the index "
+                "is kept (is a disk unmounted or a share offline?). If they were deleted, confirm: "
+                "`simd index --allow-mass-delete`, or POST /api/rescan?confirm_deletions=1 to the daemon"
+            )
 
     # -- content reuse
     def _reusable(self, digest: str) -> np.ndarray | None:

@@ -1,14 +1,22 @@
 """The file observers the watcher runs, and how it chooses one: inotify on local filesystems (with
 reports of lost events and of the kernel's watch limits), polling on network filesystems, where
 inotify sees nothing that other machines change.
+
+Both walk the tree as `scanner.walk` does: each directory once, by (st_dev, st_ino). watchdog's own
+walks (`os.walk(followlinks=True)` for inotify, a recursion on `os.stat` for polling) never stop at a
+symlink loop: one loop goes 40 links deep, two make that 2^40 paths, and `start()` never returns.
+The polling walk also follows links only when asked, and skips a folder it cannot list instead of
+failing every poll.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
+import stat as stat_mod
 import sys
 import warnings
 from collections.abc import Callable
@@ -16,6 +24,8 @@ from pathlib import Path
 
 from watchdog import events as ev
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingEmitter
+from watchdog.utils.dirsnapshot import DirectorySnapshot
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +126,132 @@ def choose_observer(root: str | Path, mode: str = "auto") -> str:
     return "polling" if fs in NETWORK_FILESYSTEMS else "native"
 
 
+def walk_once(top, followlinks: bool, inside=None):
+    """`os.walk(top, followlinks=...)` that enters each directory once (by device and inode): the
+    names in `dirnames` are only those still to visit (a second way to a directory is left out).
+    With `inside` (a real path, of top's type), a link to a directory in that tree is not entered
+    either: the directory is reached by its own name (as `scanner.walk` names it)."""
+    seen: set[tuple[int, int]] = set()
+    with contextlib.suppress(OSError):
+        st = os.stat(top)
+        seen.add((st.st_dev, st.st_ino))
+    for root, dirnames, filenames in os.walk(top, followlinks=followlinks):
+        keep = []
+        for name in dirnames:
+            path = os.path.join(root, name)
+            try:
+                st = os.stat(path, follow_symlinks=followlinks)
+            except OSError:
+                continue
+            if stat_mod.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                if followlinks and inside is not None and os.path.islink(path) and _within(inside, path):
+                    continue
+            seen.add((st.st_dev, st.st_ino))
+            keep.append(name)
+        dirnames[:] = keep
+        yield root, dirnames, filenames
+
+
+def _within(real_top, path) -> bool:
+    real = os.path.realpath(path)
+    return real == real_top or real.startswith(os.path.join(real_top, real_top[:0]))
+
+
+class _OnceSnapshot(DirectorySnapshot):
+    """watchdog's polling snapshot, listing each directory once and skipping (not failing on) a
+    folder below the root that it cannot list; `stat` is os.stat or os.lstat (links not followed).
+    Following links, a link to a directory inside the tree is not entered (as `walk_once`)."""
+
+    def __init__(self, path: str, *, recursive: bool, stat: Callable[[str], os.stat_result]):
+        self._simd_seen: set[tuple[int, int]] = set()
+        self._simd_inside = os.path.realpath(path) if stat is os.stat else None
+        super().__init__(path, recursive=recursive, stat=stat)
+
+    def walk(self, root):
+        seen, inside = self._simd_seen, self._simd_inside
+        first = not seen
+        try:
+            st = os.stat(root)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                return
+            seen.add(key)
+            names = [entry.name for entry in self.listdir(root)]
+        except OSError:
+            if first:
+                raise  # the watched root: the emitter reports it (gone, or retried next poll)
+            return
+        entries = []
+        for name in names:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                entry = (path, self.stat(path))
+                entries.append(entry)
+                yield entry
+        if self.recursive:
+            for path, st in entries:
+                if stat_mod.S_ISDIR(st.st_mode):
+                    if inside is None or not (os.path.islink(path) and _within(inside, path)):
+                        yield from self.walk(path)
+
+
+class _PollingEmitter(PollingEmitter):
+    def __init__(self, event_queue, watch, *, timeout=1.0, event_filter=None):
+        super().__init__(event_queue, watch, timeout=timeout, event_filter=event_filter)
+        follow = bool(getattr(watch, "follow_symlink", False))
+        self._take_snapshot = lambda: _OnceSnapshot(
+            self.watch.path, recursive=self.watch.is_recursive, stat=os.stat if follow else os.lstat
+        )
+
+
+class _PollingObserver(BaseObserver):
+    def __init__(self, timeout: float):
+        super().__init__(_PollingEmitter, timeout=timeout)
+
+
 if sys.platform.startswith("linux"):
-    from watchdog.observers.inotify import InotifyEmitter
-    from watchdog.observers.inotify_c import InotifyFD
+    from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask
+
+    class _OnceWatchGroup(InotifyWatchGroup):
+        """watchdog's recursive watches, added by `walk_once` (see the module's docstring)."""
+
+        def _add_all_callbacks(self, path: bytes) -> None:
+            is_dir = os.path.isdir(path)
+            self._add_callback(path)
+            if is_dir and self.is_recursive:
+                for root, dirnames, _ in walk_once(path, self.follow_symlink, os.path.realpath(self.path)):
+                    for dirname in dirnames:
+                        full_path = os.path.join(root, dirname)
+                        if not self.follow_symlink and os.path.islink(full_path):
+                            continue
+                        self._add_callback(full_path)
+
+        def _recursive_simulate(self, src_path: bytes) -> list:
+            events = []
+            for root, dirnames, filenames in walk_once(src_path, self.follow_symlink, os.path.realpath(self.path)):
+                wd_root = self._active_callbacks_by_path.get(root)
+                if wd_root is None:
+                    continue
+                for name in dirnames:
+                    events.append(
+                        InotifyEvent(wd_root, Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR), 0, name)
+                    )
+                for name in filenames:
+                    events.append(InotifyEvent(wd_root, InotifyConstants.IN_CREATE, 0, name))
+            return events
+
+    class _OnceInotifyEmitter(InotifyEmitter):
+        def on_thread_start(self) -> None:
+            self._inotify = _OnceWatchGroup(
+                self._inotify_fd,
+                os.fsencode(self.watch.path),
+                is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink,
+            )
 
     class _ReportingInotifyFD(InotifyFD):
         """watchdog's inotify reader, plus a report of overflows and of watch/instance limits."""
@@ -153,7 +286,7 @@ if sys.platform.startswith("linux"):
         def __init__(self, report: Callable[[str], None]):
             self.fd = _ReportingInotifyFD(report)
             self.fd.start()
-            super().__init__(InotifyEmitter, inotify_fd=self.fd)
+            super().__init__(_OnceInotifyEmitter, inotify_fd=self.fd)
 
         def on_thread_stop(self) -> None:
             super().on_thread_stop()
@@ -165,9 +298,7 @@ def make_observer(kind: str, report: Callable[[str], None], poll_interval: float
     """A new, unstarted observer: polling, or the platform's native one (on Linux, inotify that
     reports overflows and limits through `report`)."""
     if kind == "polling":
-        from watchdog.observers.polling import PollingObserver
-
-        return PollingObserver(timeout=poll_interval)
+        return _PollingObserver(timeout=poll_interval)
     if sys.platform.startswith("linux"):
         return _InotifyObserver(report)
     from watchdog.observers import Observer

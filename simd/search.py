@@ -19,7 +19,7 @@ import numpy as np
 
 from simd.errors import BadRequest, NotFound, NotReady
 from simd.formats import CONTENT_TYPES, sniff_format
-from simd.paths import real_path_inside
+from simd.paths import display_path, from_display, real_path_inside
 from simd.runtime import Runtime
 from simd.statedir import db_path
 from simd.store import Store
@@ -102,7 +102,7 @@ class SearchService:
         self.vectors: VectorIndex | None = None
         self.runtime = runtime
         self._embedder: Any = None
-        self._rescan: Callable[[], None] = lambda: None
+        self._rescan: Callable[..., None] = lambda confirm_deletions=False: None
         self._local = threading.local()
         self._uploads_embedded = 0  # query uploads sent through the network (not indexing work)
         self._uploads_lock = threading.Lock()
@@ -133,12 +133,13 @@ class SearchService:
         st = os.stat(real)
         return rel if (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"]) else None
 
-    def attach(self, vectors: VectorIndex, *, embedder: Any = None, rescan: Callable[[], None] | None = None) -> None:
+    def attach(self, vectors: VectorIndex, *, embedder: Any = None, rescan: Callable[..., None] | None = None) -> None:
         """Start serving: the index the indexer keeps in step, the embedder for uploads (None: uploads
-        answer NotReady) and what a rescan request calls (None: nothing)."""
+        answer NotReady) and what a rescan request calls, as `rescan(confirm_deletions=bool)` (None:
+        nothing)."""
         self.vectors = vectors
         self.set_embedder(embedder)
-        self._rescan = rescan or (lambda: None)
+        self._rescan = rescan or (lambda confirm_deletions=False: None)
 
     def set_embedder(self, embedder: Any) -> None:
         """The model that embeds uploads (None: uploads answer NotReady, as while it loads)."""
@@ -203,10 +204,11 @@ class SearchService:
             # The stored (raw) descriptor: the index applies its own transform to queries.
             query_vec = self._store().vector_of(row["id"], model)
             if query_vec is None:
+                shown = display_path(row["path"])
                 if row["state"] == "failed":
-                    raise NotFound(f"{row['path']} could not be indexed: {row['error']}")
-                raise NotReady(f"{row['path']} is not indexed with {model} yet; try again shortly")
-            query = {"id": row["id"], "path": row["path"], "version": version(row)}
+                    raise NotFound(f"{shown} could not be indexed: {row['error']}")
+                raise NotReady(f"{shown} is not indexed with {model} yet; try again shortly")
+            query = {"id": row["id"], "path": display_path(row["path"]), "version": version(row)}
             exclude = (row["id"],)
         if self.vectors is None:
             raise NotReady("the index is still loading; try again in a moment")
@@ -222,7 +224,7 @@ class SearchService:
             results.append(
                 {
                     "id": hit_id,
-                    "path": hit["path"],
+                    "path": display_path(hit["path"]),
                     "score": round(float(score), 4),
                     "match": match_label(model, float(score)),
                     "version": version(hit),
@@ -242,6 +244,8 @@ class SearchService:
             return self._row_by_id(image_id, BadRequest(f"id must be an integer, got {image_id!r}"))
         if path:
             row = self._store().get_by_path(normalise_rel(path))
+            if row is None and (exact := from_display(path)) != path:  # as shown: `\xNN` for a byte
+                row = self._store().get_by_path(normalise_rel(exact))
             if row is None:
                 raise NotFound(f"no indexed image at {path!r}")
             return row
@@ -274,7 +278,7 @@ class SearchService:
 
     def resolve_file(self, image_id: Any) -> Path:
         """The real path of an indexed image, only if it lies inside the library's real root."""
-        row = self.get_image(image_id)
+        row = self._row_by_id(image_id, NotFound(f"no image with id {image_id!r}"))  # the exact name
         real = real_path_inside(self.library_root, os.path.join(*row["path"].split("/")))
         if real is None or not os.path.isfile(real):
             raise NotFound(f"image {row['id']} is not available")
@@ -284,7 +288,7 @@ class SearchService:
         return [
             {
                 "id": r["id"],
-                "path": r["path"],
+                "path": display_path(r["path"]),
                 "state": "failed",
                 "error": r["error"],
                 "size": r["size"],
@@ -294,11 +298,14 @@ class SearchService:
             for r in self._store().errors()
         ]
 
-    def servable(self, path: str) -> bool:
-        """Whether GET /api/images/<id>/file can serve the file at `path`: a regular file inside the
-        library whose first bytes are those of an image format (a truncated JPEG is; a text file
+    def servable(self, image_id: int) -> bool:
+        """Whether GET /api/images/<id>/file can serve the file of this image: a regular file inside
+        the library whose first bytes are those of an image format (a truncated JPEG is; a text file
         named .jpg is not). Asked only of files that could not be indexed."""
-        real = real_path_inside(self.library_root, os.path.join(*path.split("/")))
+        row = self._store().get(image_id)
+        if row is None:
+            return False
+        real = real_path_inside(self.library_root, os.path.join(*row["path"].split("/")))
         if real is None:
             return False
         try:
@@ -313,14 +320,15 @@ class SearchService:
         finally:
             os.close(fd)
 
-    def rescan(self) -> None:
-        self._rescan()
+    def rescan(self, confirm_deletions: bool = False) -> None:
+        """Ask for a full reconcile; `confirm_deletions`: one that may delete most of the library."""
+        self._rescan(confirm_deletions=confirm_deletions)
 
 
 def _public(row: dict) -> dict:
     return {
         "id": row["id"],
-        "path": row["path"],
+        "path": display_path(row["path"]),  # readable; the file itself is reached by id
         "size": row["size"],
         "mtime": row["mtime_ns"] / 1e9,
         "state": row["state"],

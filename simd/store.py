@@ -11,6 +11,10 @@ reader sees the last committed batch while the writer works on the next.
 Writes happen only inside `with store.batch():`, one `BEGIN IMMEDIATE` transaction, rolled back
 entirely if the block raises; a write outside a batch raises RuntimeError. `set_meta` is the one
 exception: outside a batch it is committed on its own.
+
+Paths are exact: a name that is not valid UTF-8 is stored as its bytes (`storevalues.path_to_db`) and
+read back as the `str` the filesystem gave (undecodable bytes as surrogates); showing it is the
+caller's business (`paths.display_path`). Such rows sort after all others.
 """
 
 from __future__ import annotations
@@ -28,7 +32,16 @@ from sqlite_utils import Database
 
 from simd import storeschema
 from simd.errors import NotFound, SimdError
-from simd.storevalues import VEC_DTYPE, FileRecord, casefold, from_blob, make_private_dirs, to_blob
+from simd.storevalues import (
+    VEC_DTYPE,
+    FileRecord,
+    casefold,
+    from_blob,
+    make_private_dirs,
+    path_from_db,
+    path_to_db,
+    to_blob,
+)
 
 BUSY_TIMEOUT_MS = 10_000
 _INFO_COLUMNS = "id, path, size, mtime_ns, hash, state, error, model, dim, created_at, updated_at"
@@ -41,9 +54,15 @@ def _subtree(prefix: str) -> tuple[str, list]:
 
     A range on the (binary-collated, unique-indexed) path column rather than LIKE: it is
     case-sensitive, needs no escaping of `%`/`_`, and uses the index. Every path that starts with
-    "a/b/" sorts in ["a/b/", "a/b0") because "0" is the character after "/".
+    "a/b/" sorts in ["a/b/", "a/b0") because "0" is the character after "/". Paths stored as bytes
+    (not UTF-8, see `storevalues.path_to_db`) sort after all text: a second range over BLOBs finds
+    those under the prefix (the only ones under a prefix that is itself not UTF-8).
     """
-    return "(path = ? OR (path >= ? AND path < ?))", [prefix, prefix + "/", prefix + "0"]
+    key, raw = path_to_db(prefix), prefix.encode("utf-8", "surrogateescape")
+    blobs = "(path >= ? AND path < ?)", [raw + b"/", raw + b"0"]
+    if isinstance(key, bytes):
+        return f"(path = ? OR {blobs[0]})", [key, *blobs[1]]
+    return f"(path = ? OR (path >= ? AND path < ?) OR {blobs[0]})", [key, key + "/", key + "0", *blobs[1]]
 
 
 def _like_escape(text: str) -> str:
@@ -127,13 +146,14 @@ class Store:
             sql += " WHERE " + where
         with self._lock:
             rows = self.db.execute(sql, params).fetchall()
-        return {r[1]: FileRecord(*r) for r in rows}
+        records = (FileRecord(r[0], path_from_db(r[1]), *r[2:]) for r in rows)
+        return {rec.path: rec for rec in records}
 
     def get(self, image_id: int) -> dict | None:
         return self._one(f"SELECT {_INFO_COLUMNS} FROM images WHERE id = ?", [int(image_id)])
 
     def get_by_path(self, path: str) -> dict | None:
-        return self._one(f"SELECT {_INFO_COLUMNS} FROM images WHERE path = ?", [path])
+        return self._one(f"SELECT {_INFO_COLUMNS} FROM images WHERE path = ?", [path_to_db(path)])
 
     def _one(self, sql: str, params: list) -> dict | None:
         rows = self._dicts(sql, params)
@@ -143,7 +163,11 @@ class Store:
         with self._lock:
             cursor = self.db.execute(sql, params)
             keys = [d[0] for d in cursor.description]
-            return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
+            rows = [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
+        for row in rows:  # the exact name, whatever the column holds
+            if isinstance(row.get("path"), bytes):
+                row["path"] = path_from_db(row["path"])
+        return rows
 
     def vector_for_hash(self, hash: str, model: str) -> np.ndarray | None:
         with self._lock:
@@ -221,11 +245,13 @@ class Store:
         return rows, int(total)
 
     def _all_ascii(self) -> bool:
-        """No stored path has a non-ASCII character (then LIKE finds exactly what folding would)."""
+        """No stored path has a non-ASCII character (then LIKE finds exactly what folding would); a
+        path stored as bytes is not ASCII (LIKE never matches a BLOB)."""
         with self._lock:
             return (
                 self.db.execute(
-                    "SELECT NOT EXISTS (SELECT 1 FROM images WHERE path GLOB ?)", ["*[^\x01-\x7f]*"]
+                    "SELECT NOT EXISTS (SELECT 1 FROM images WHERE typeof(path) = 'blob' OR path GLOB ?)",
+                    ["*[^\x01-\x7f]*"],
                 ).fetchone()[0]
                 == 1
             )
@@ -324,7 +350,7 @@ class Store:
                 "hash = excluded.hash, state = excluded.state, error = excluded.error, "
                 "model = excluded.model, dim = excluded.dim, vector = excluded.vector, "
                 "updated_at = excluded.updated_at RETURNING id",
-                [path, int(size), int(mtime_ns), hash, state, error, model, dim, blob, now, now],
+                [path_to_db(path), int(size), int(mtime_ns), hash, state, error, model, dim, blob, now, now],
             )
             return int(cur.fetchone()[0])
 
@@ -340,18 +366,18 @@ class Store:
         with self._lock:
             self._write(
                 "UPDATE images SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
-                [int(size), int(mtime_ns), time.time(), path],
+                [int(size), int(mtime_ns), time.time(), path_to_db(path)],
             )
 
     def delete_paths(self, paths: Iterable[str]) -> list[int]:
         """Delete these paths (unknown ones are ignored); returns the deleted ids."""
-        paths = list(paths)
+        keys = [path_to_db(p) for p in paths]
         deleted: list[int] = []
         with self._lock:
-            if not paths:
+            if not keys:
                 self._write("SELECT 1", [])  # still refuse outside a batch
-            for i in range(0, len(paths), _CHUNK):
-                chunk = paths[i : i + _CHUNK]
+            for i in range(0, len(keys), _CHUNK):
+                chunk = keys[i : i + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 deleted += [
                     r[0]

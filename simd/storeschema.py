@@ -13,13 +13,16 @@ from sqlite_utils import Database
 
 from simd.errors import NotFound, SimdError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 2: `images.path` holds a name that is not valid UTF-8 as its exact bytes (a BLOB; see
+#    `storevalues.path_to_db`). The table is unchanged; the step only keeps an older simd, which
+#    would take such a row for a deleted file, from opening the file.
 
 _SCHEMA_V1 = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     """CREATE TABLE images (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
-        path TEXT NOT NULL UNIQUE,          -- relative to the library root, '/' separators
+        path TEXT NOT NULL UNIQUE,          -- relative to the library root, '/' separators (BLOB: not UTF-8)
         size INTEGER NOT NULL,
         mtime_ns INTEGER NOT NULL,
         hash TEXT,                          -- BLAKE2b hex of the bytes; NULL if never read
@@ -68,7 +71,8 @@ def migrate(db: Database, path: Path) -> None:
             # AUTOINCREMENT: an id is never reused, so a stale id never names another image.
             for sql in _SCHEMA_V1:
                 db.execute(sql)
-        # Future steps go here: `if version < 2: ...`, each bringing the schema one step on.
+        # Version 2 changes no table (see SCHEMA_VERSION). Future steps go here: `if version < 3: ...`,
+        # each bringing the schema one step on.
         if version < SCHEMA_VERSION:
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "

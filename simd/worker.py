@@ -15,7 +15,7 @@ from pathlib import Path
 
 from simd.errors import LibraryOffline
 from simd.ignore import IgnoreRules
-from simd.indexer import Reconciler
+from simd.indexer import MassDeletion, Reconciler
 from simd.runtime import Runtime
 from simd.scanner import has_entries
 from simd.store import Store
@@ -24,8 +24,10 @@ from simd.vectors import VectorIndex
 log = logging.getLogger(__name__)
 
 _FULL = object()
+_FULL_CONFIRMED = object()  # a full reconcile that may delete most of the library (the user said so)
 _STOP = object()
 OFFLINE_RETRY_SECONDS = 5.0
+MASS_DELETE_RETRY_SECONDS = 60.0  # a refused mass deletion is retried this often (a remount is seen at once)
 
 
 class IndexWorker:
@@ -51,14 +53,18 @@ class IndexWorker:
         self.last_beat = time.monotonic()
         self.runs = 0  # completed runs, for tests and status
         self._offline_since: float | None = None
+        self._retry_after = OFFLINE_RETRY_SECONDS
+        self._last_offline = ""
 
     # -- control (any thread)
     def start(self) -> None:
         self._thread.start()
 
-    def request_full(self, reason: str = "requested") -> None:
-        log.info("full reconcile queued (%s)", reason)
-        self._queue.put(_FULL)
+    def request_full(self, reason: str = "requested", *, confirm_deletions: bool = False) -> None:
+        """Queue a full reconcile; `confirm_deletions`: it may delete most of the library (see
+        `indexer.MassDeletion`)."""
+        log.info("full reconcile queued (%s%s)", reason, "; deletions confirmed" if confirm_deletions else "")
+        self._queue.put(_FULL_CONFIRMED if confirm_deletions else _FULL)
 
     def submit(self, paths: set[str]) -> None:
         if paths:
@@ -112,32 +118,35 @@ class IndexWorker:
                     self._beat()
                     self._retry_if_back_online()
                     continue
-                full, paths = self._drain(item)
+                full, paths, confirmed = self._drain(item)
                 if self._stop.is_set():
                     break
-                self._one_run(reconciler, None if full else paths)
+                self._one_run(reconciler, None if full else paths, confirmed)
 
-    def _drain(self, first) -> tuple[bool, set[str]]:
-        full, paths, item = False, set(), first
+    def _drain(self, first) -> tuple[bool, set[str], bool]:
+        full, paths, confirmed, item = False, set(), False, first
         while True:
             if item is _STOP:
                 self._stop.set()
-            elif item is _FULL:
-                full = True
+            elif item is _FULL or item is _FULL_CONFIRMED:
+                full, confirmed = True, confirmed or item is _FULL_CONFIRMED
             else:
                 paths |= item
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return full, paths
+                return full, paths, confirmed
 
-    def _one_run(self, reconciler: Reconciler, paths: set[str] | None) -> None:
+    def _one_run(self, reconciler: Reconciler, paths: set[str] | None, confirmed: bool = False) -> None:
         self._beat()
         try:
-            summary = reconciler.run(paths)
+            summary = reconciler.run(paths, allow_mass_delete=confirmed)
         except LibraryOffline as e:
-            log.warning("%s", e)
+            if str(e) != self._last_offline:  # a retry that finds the same is not news
+                log.warning("%s", e)
+            self._last_offline = str(e)
             self._offline_since = time.monotonic()
+            self._retry_after = MASS_DELETE_RETRY_SECONDS if isinstance(e, MassDeletion) else OFFLINE_RETRY_SECONDS
             self.runtime.update(phase="offline", pending=0, progress=None, last_error=str(e))
             return
         except Exception as e:  # a bug or a resource error must not kill the only writer
@@ -147,7 +156,7 @@ class IndexWorker:
         finally:
             self._beat()
         self.runs += 1
-        self._offline_since = None
+        self._offline_since, self._last_offline = None, ""
         if summary.interrupted:
             return
         still_queued = self._queue.qsize()
@@ -158,7 +167,7 @@ class IndexWorker:
             )
 
     def _retry_if_back_online(self) -> None:
-        if self._offline_since is None or time.monotonic() - self._offline_since < OFFLINE_RETRY_SECONDS:
+        if self._offline_since is None or time.monotonic() - self._offline_since < self._retry_after:
             return
         self._offline_since = time.monotonic()
         if has_entries(self.root):

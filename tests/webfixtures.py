@@ -102,7 +102,11 @@ def build_env(tmp_path: Path, count: int = 14, *, size=(320, 240)) -> WebEnv:
     runtime = Runtime("idle", model=MODEL, dim=embedder.dim)
     env = WebEnv(library, state, db, None, runtime, embedder)  # type: ignore[arg-type]
     env.service = SearchService(db, library, state, runtime)
-    env.service.attach(VectorIndex(embedder.dim), embedder=embedder, rescan=lambda: env.rescans.append("rescan"))
+    env.service.attach(
+        VectorIndex(embedder.dim),
+        embedder=embedder,
+        rescan=lambda confirm_deletions=False: env.rescans.append("rescan" + "+confirm" * confirm_deletions),
+    )
     with Store(db) as store, store.batch():
         for i in range(count):
             sub = "holiday" if i % 3 == 0 else "garden"

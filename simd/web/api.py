@@ -16,6 +16,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from simd.errors import BadRequest, ImageError, NotFound, TooLarge
 from simd.formats import CONTENT_TYPES, sniff_format
+from simd.paths import display_path
 from simd.search import parse_k, parse_min_score
 from simd.web.context import context, service
 
@@ -40,7 +41,7 @@ def _links(item: dict) -> dict:
     file_url = url_for("api.image_file", image_id=item["id"], **v)
     if item.get("state") == "failed":
         item["thumb"] = None
-        item["url"] = file_url if service().servable(item["path"]) else None
+        item["url"] = file_url if service().servable(item["id"]) else None
     else:
         item["thumb"] = url_for("api.image_thumb", image_id=item["id"], **v)
         item["url"] = file_url
@@ -137,11 +138,11 @@ def image_file(image_id: str):
     try:
         mime = CONTENT_TYPES.get(sniff_format(os.pread(fh.fileno(), 256, 0)) or "")
         if mime is None:
-            raise ImageError(real.name, "not an image simd can serve")
+            raise ImageError(display_path(real.name), "not an image simd can serve")
     except BaseException:
         fh.close()
         raise
-    return _send(fh, st, mime, real.name, etag=f"f{iid}-{st.st_size}-{st.st_mtime_ns}")
+    return _send(fh, st, mime, _download_name(real.name), etag=f"f{iid}-{st.st_size}-{st.st_mtime_ns}")
 
 
 @bp.get("/api/images/<image_id>/thumb")
@@ -156,7 +157,12 @@ def image_thumb(image_id: str):
     except ImageError as e:  # never show the server's absolute paths to a client
         raise ImageError(service().get_image(iid)["path"], e.reason) from None
     fh, st = _open_regular(thumb, iid)
-    return _send(fh, st, "image/jpeg", f"{real.stem}.thumb.jpg", etag=f"t{iid}-{thumb.stem}")
+    return _send(fh, st, "image/jpeg", _download_name(f"{real.stem}.thumb.jpg"), etag=f"t{iid}-{thumb.stem}")
+
+
+def _download_name(name: str) -> str:
+    """A file name a browser can be given: an undecodable byte of the real name becomes U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def _open_regular(path, iid: int):
@@ -202,7 +208,10 @@ def errors():
 
 @bp.post("/api/rescan")
 def rescan():
-    service().rescan()
+    confirm = request.args.get("confirm_deletions", "0").strip().lower()
+    if confirm not in ("0", "1", "false", "true", ""):
+        raise BadRequest(f"confirm_deletions must be 1 or 0, got {confirm!r}")
+    service().rescan(confirm_deletions=confirm in ("1", "true"))
     return {"ok": True, "message": "a full rescan of the library was requested"}, 202
 
 

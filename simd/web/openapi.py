@@ -294,7 +294,19 @@ PATHS = {
     "/api/rescan": {
         "post": _op(
             "Ask for a full reconcile of the library.",
-            {"202": _json({"type": "object"}, "Requested."), "503": _err("Not ready.")},
+            {
+                "202": _json({"type": "object"}, "Requested."),
+                "400": _err("Bad confirm_deletions."),
+                "503": _err("Not ready."),
+            },
+            [
+                _q(
+                    "confirm_deletions",
+                    {"enum": ["0", "1"], "default": "0"},
+                    "1: the reconcile may delete most of the library at once (files really deleted; "
+                    "otherwise that is refused as an unmounted disk, and status says so).",
+                )
+            ],
         )
     },
     "/api/openapi.json": {"get": _op("This document.", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
