@@ -234,8 +234,8 @@ PATHS = {
                 "200": _json(_ref("Similar"), "Results, best first."),
                 "400": _err("Bad parameter, no image in the request, or an id/path (those are GET searches)."),
                 "413": _err("The upload is larger than max_upload_mb."),
-                "415": _err("The upload is not a decodable image."),
-                "503": _err("The model is still loading."),
+                "415": _err("The upload is not a decodable image, or has more pixels than max_upload_pixels."),
+                "503": _err("The model is still loading, or too many uploads are in line (`busy`, with Retry-After)."),
             },
             [_K, _MIN_SCORE, _q("name", {"type": "string"}, "A name for a raw-body upload (messages only).")],
             requestBody={
