@@ -52,10 +52,10 @@ def match_label(model: str, score: float) -> str | None:
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-def shown(value: Any) -> str:
-    """A parameter's value as an error message quotes it: at most 40 characters of it."""
+def shown(value: Any, limit: int = 40) -> str:
+    """A parameter's value as an error message quotes it: at most `limit` characters of it."""
     text = str(value)
-    return repr(text if len(text) <= 40 else text[:40] + "...")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _int_param(name: str, value: Any, default: int, lo: int, hi: int) -> int:
@@ -95,7 +95,7 @@ def normalise_rel(path: str) -> str:
         rel = rel[2:]
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or ".." in parts or path.startswith("/"):
-        raise NotFound(f"no indexed image at {path!r}")
+        raise NotFound(f"no indexed image at {shown(path, 200)}")
     return "/".join(parts)
 
 
@@ -262,7 +262,7 @@ class SearchService:
                 raise BadRequest(f"path must be at most {PATH_MAX} characters, got {len(path)}")
             row = self._store().get_by_path(normalise_rel(path))
             if row is None:
-                raise NotFound(f"no indexed image at {path!r}")
+                raise NotFound(f"no indexed image at {shown(path, 200)}")
             return row
         raise BadRequest("give id=, path= or an image upload")
 
