@@ -45,6 +45,9 @@ def _port(v):
 
 # Decoded pixels above which an image is refused as a decompression bomb (the setting's default).
 MAX_IMAGE_PIXELS = 120_000_000
+# The same for an upload (a query): anyone who can reach the API chooses it. 50 MP is the largest
+# photo phones save by default; decoding one costs up to ~0.6 GB (docs/RELIABILITY.md).
+MAX_UPLOAD_PIXELS = 50_000_000
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("library", None, str, "The image folder to index (the library root)."),
@@ -102,6 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
         MAX_IMAGE_PIXELS,
         int,
         "Images with more pixels are refused as decompression bombs.",
+        check=_positive,
+    ),
+    Setting(
+        "max_upload_pixels",
+        MAX_UPLOAD_PIXELS,
+        int,
+        "Uploaded images (queries) with more pixels are refused before decoding (HTTP 415).",
         check=_positive,
     ),
     Setting("log_level", "INFO", str, "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),

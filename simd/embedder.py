@@ -15,6 +15,9 @@ resize filter, aspect handling, pooling, flip averaging, scales), so tuning is a
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import threading
@@ -26,10 +29,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from simd.config import MAX_IMAGE_PIXELS, Config
-from simd.errors import ImageError
+from simd.config import MAX_IMAGE_PIXELS, MAX_UPLOAD_PIXELS, Config
+from simd.errors import Busy, ImageError
 
 log = logging.getLogger(__name__)
+
+# Uploads are decoded and embedded one at a time: the largest allowed (max_upload_pixels) may need
+# ~0.6 GB while it decodes, and the network runs one batch at a time anyway. Up to UPLOAD_WAITING
+# more wait for their turn (each holds an HTTP thread); one more is refused at once with Busy (503).
+UPLOAD_SLOTS = 1
+UPLOAD_WAITING = 7
+UPLOAD_WAIT = 60.0  # s an upload waits for its turn before Busy
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class Embedder:
         batch_size: int = 32,
         max_pixels: int = MAX_IMAGE_PIXELS,
         decode_workers: int | None = None,
+        max_upload_pixels: int = MAX_UPLOAD_PIXELS,
     ):
         if isinstance(descriptor, str):
             descriptor = resolve_descriptor(descriptor, backbone.id)
@@ -133,6 +144,9 @@ class Embedder:
         self.descriptor = descriptor
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.max_upload_pixels = min(max_upload_pixels, max_pixels)
+        self._upload_turn = threading.Semaphore(UPLOAD_SLOTS)
+        self._upload_line = threading.BoundedSemaphore(UPLOAD_SLOTS + UPLOAD_WAITING)
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self.model_id = backbone.id if descriptor.name == "default" else f"{backbone.id}+{descriptor.name}"
         classifier = getattr(backbone, "classifier", None) if descriptor.logits else None
@@ -162,6 +176,7 @@ class Embedder:
             descriptor=descriptor or config.descriptor,
             batch_size=config.batch_size,
             max_pixels=config.max_image_pixels,
+            max_upload_pixels=config.max_upload_pixels,
         )
 
     # -- public API
@@ -201,13 +216,32 @@ class Embedder:
         return self._embed_arrays([self._prepare(image)])[0]
 
     def embed_bytes(self, data: bytes, name: str) -> np.ndarray:
-        """Vector of an uploaded image; raises ImageError if it cannot be decoded."""
+        """Vector of an uploaded image, decoded and embedded one upload at a time (UPLOAD_SLOTS);
+        raises ImageError if it cannot be decoded or has more than `max_upload_pixels`, Busy when
+        too many uploads are in line."""
         from simd.imaging import open_image
 
-        image = open_image(
-            data, name=name, max_pixels=self.max_pixels, draft_size=self._draft_size(), apply_exif=self.descriptor.exif
-        )
-        return self.embed_image(image)
+        if not self._upload_line.acquire(blocking=False):
+            raise Busy(f"{UPLOAD_SLOTS + UPLOAD_WAITING} uploads are in line already; try again in a moment")
+        try:
+            if not self._upload_turn.acquire(timeout=UPLOAD_WAIT):
+                raise Busy(f"the uploads before this one took over {UPLOAD_WAIT:.0f} s; try again in a moment")
+            image: Image.Image | None = None
+            try:
+                image = open_image(
+                    data,
+                    name=name,
+                    max_pixels=self.max_upload_pixels,
+                    draft_size=self._draft_size(),
+                    apply_exif=self.descriptor.exif,
+                )
+                return self.embed_image(image)
+            finally:
+                del image  # the decoded pixels go before their memory is handed back
+                _release_free_memory()
+                self._upload_turn.release()
+        finally:
+            self._upload_line.release()
 
     # -- decoding (runs in the pool)
     def _draft_size(self) -> tuple[int, int] | None:
@@ -305,6 +339,23 @@ class Embedder:
         )
         self._functions[size] = fn
         return fn
+
+
+@functools.cache
+def _malloc_trim():
+    libc = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    except OSError:
+        return None
+
+
+def _release_free_memory() -> None:
+    """Hand memory freed by a large decode back to the system: glibc keeps it otherwise (a
+    10000x10000 PNG upload left the daemon 0.5 GB larger for good). No-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

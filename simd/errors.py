@@ -41,6 +41,14 @@ class NotReady(SimdError):
     http_status = 503
 
 
+class Busy(SimdError):
+    """Too much of a kind of work at once (uploads to embed); the client may try again shortly."""
+
+    code = "busy"
+    http_status = 503
+    retry_after = 2  # seconds, sent as Retry-After
+
+
 class ImageError(SimdError):
     """A file or upload that cannot be decoded as an image; the message names it and the cause."""
 

@@ -8,6 +8,7 @@ in-RAM `VectorIndex` the indexer keeps in step. The indexer and daemon publish t
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 import time
@@ -26,6 +27,11 @@ from simd.store import Store
 from simd.vectors import VectorIndex
 
 K_MAX = 100
+LIMIT_MAX = 500  # rows of a page of /api/images
+OFFSET_MAX = 1_000_000_000  # more rows than a library holds (SQLite's OFFSET overflows at 2**63)
+ID_MAX = 2**63 - 1  # SQLite's largest rowid: a larger id is not an image, and SQLite cannot bind it
+Q_MAX = 1024  # characters of the `q` filter (SQLite refuses LIKE patterns over 50,000 bytes)
+PATH_MAX = 4096  # characters of a `path=` query (Linux's PATH_MAX: no indexed path is longer)
 LIST_STATES = ("ok", "failed", "all")  # the `state` filter of list_images
 
 # What a cosine score means, per model id, measured on the public evaluation kit (docs/QUALITY.md):
@@ -43,15 +49,26 @@ def match_label(model: str, score: float) -> str | None:
     return "near-duplicate" if score >= bands[0] else "similar" if score >= bands[1] else "weak"
 
 
-def _int_param(name: str, value: Any, default: int, lo: int, hi: int | None) -> int:
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A parameter's value as an error message quotes it: at most `limit` characters of it."""
+    text = str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _int_param(name: str, value: Any, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter: absent or empty is `default`; anything but ASCII digits (with a
+    sign, surrounding blanks ignored) or a value outside lo..hi is a BadRequest."""
     if value is None or value == "":
         return default
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
-    if n < lo or (hi is not None and n > hi):
-        raise BadRequest(f"{name} must be from {lo} to {hi}, got {n}" if hi else f"{name} must be >= {lo}")
+    text = str(value).strip()
+    if not _INTEGER.fullmatch(text):
+        raise BadRequest(f"{name} must be an integer, got {shown(value)}")
+    n = int(text) if len(text) <= 30 else (lo - 1 if text.startswith("-") else hi + 1)
+    if not lo <= n <= hi:
+        raise BadRequest(f"{name} must be from {lo} to {hi}, got {shown(text)}")
     return n
 
 
@@ -65,7 +82,7 @@ def parse_min_score(value: Any) -> float | None:
     try:
         score = float(str(value).strip())
     except ValueError:
-        raise BadRequest(f"min_score must be a number from -1 to 1, got {value!r}") from None
+        raise BadRequest(f"min_score must be a number from -1 to 1, got {shown(value)}") from None
     if not -1.0 <= score <= 1.0:
         raise BadRequest(f"min_score must be from -1 to 1, got {score}")
     return score
@@ -78,7 +95,7 @@ def normalise_rel(path: str) -> str:
         rel = rel[2:]
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or ".." in parts or path.startswith("/"):
-        raise NotFound(f"no indexed image at {path!r}")
+        raise NotFound(f"no indexed image at {shown(path, 200)}")
     return "/".join(parts)
 
 
@@ -241,25 +258,29 @@ class SearchService:
     def _query_row(self, image_id: Any, path: str | None) -> dict:
         if image_id is not None and image_id != "":
             # A query parameter that is not an integer is a bad request, not an unknown image.
-            return self._row_by_id(image_id, BadRequest(f"id must be an integer, got {image_id!r}"))
+            return self._row_by_id(_int_param("id", image_id, 0, 0, ID_MAX), BadRequest("id must be an integer"))
         if path:
+            if len(path) > PATH_MAX:
+                raise BadRequest(f"path must be at most {PATH_MAX} characters, got {len(path)}")
             row = self._store().get_by_path(normalise_rel(path))
             if row is None and (exact := from_display(path)) != path:  # as shown: `\xNN` for a byte
                 row = self._store().get_by_path(normalise_rel(exact))
             if row is None:
-                raise NotFound(f"no indexed image at {path!r}")
+                raise NotFound(f"no indexed image at {shown(path, 200)}")
             return row
         raise BadRequest("give id=, path= or an image upload")
 
     def list_images(self, offset: Any = 0, limit: Any = 50, q: str | None = "", state: str | None = "ok") -> dict:
         """A page of the library by path. `state`: "ok" (the default: indexed images, the ones with a
         thumbnail, which is what a grid shows), "failed" (files that could not be indexed) or "all"."""
-        offset_i = _int_param("offset", offset, 0, 0, None)
-        limit_i = _int_param("limit", limit, 50, 1, 500)
+        offset_i = _int_param("offset", offset, 0, 0, OFFSET_MAX)
+        limit_i = _int_param("limit", limit, 50, 1, LIMIT_MAX)
+        if q and len(q) > Q_MAX:
+            raise BadRequest(f"q must be at most {Q_MAX} characters, got {len(q)}")
         q = "".join(c for c in (q or "") if c.isprintable()).strip()  # a NUL or newline filters nothing
         state = (state or "ok").strip()
         if state not in LIST_STATES:
-            raise BadRequest(f"state must be one of {', '.join(LIST_STATES)}, got {state!r}")
+            raise BadRequest(f"state must be one of {', '.join(LIST_STATES)}, got {shown(state)}")
         rows, total = self._store().list_images(offset_i, limit_i, q, None if state == "all" else state)
         return {"images": [_public(r) for r in rows], "total": total, "offset": offset_i, "limit": limit_i}
 
@@ -268,13 +289,13 @@ class SearchService:
             iid = int(str(image_id))
         except ValueError:
             raise not_an_int from None
-        row = self._store().get(iid)
+        row = self._store().get(iid) if 0 <= iid <= ID_MAX else None  # SQLite cannot bind a larger one
         if row is None:
             raise NotFound(f"no image with id {iid}")
         return row
 
     def get_image(self, image_id: Any) -> dict:
-        return _public(self._row_by_id(image_id, NotFound(f"no image with id {image_id!r}")))
+        return _public(self._row_by_id(image_id, NotFound(f"no image with id {shown(image_id)}")))
 
     def resolve_file(self, image_id: Any) -> Path:
         """The real path of an indexed image, only if it lies inside the library's real root."""

@@ -160,7 +160,7 @@ class IndexWorker:
         if summary.interrupted:
             return
         still_queued = self._queue.qsize()
-        self.runtime.update(phase="idle" if not still_queued else "scanning", pending=0, progress=None)
+        self.runtime.update(phase="idle" if not still_queued else "scanning", pending=0, progress=None, last_error=None)
         if paths is None or summary.did_something:  # a full reconcile always says what it found
             log.info(
                 "%s: %s (%.1f s)", "reconcile" if paths is None else "indexed", summary.describe(), summary.seconds

@@ -58,3 +58,15 @@ def test_status_schema_lists_the_contract_fields(app):
     assert {"state", "indexed", "pending", "failed", "model", "dim", "library"} <= required
     status = app.test_client().get("/api/status").get_json()
     assert required <= set(status)
+
+
+def test_documented_bounds_are_the_enforced_ones():
+    from simd import search
+    from simd.web import openapi
+
+    for name in ("ID_MAX", "OFFSET_MAX", "Q_MAX", "PATH_MAX"):
+        assert getattr(openapi, name) == getattr(search, name), name
+    params = {p["name"]: p["schema"] for p in openapi.PATHS["/api/images"]["get"]["parameters"]}
+    assert params["limit"]["anyOf"][0]["maximum"] == search.LIMIT_MAX
+    similar = {p["name"]: p["schema"] for p in openapi.PATHS["/api/similar"]["get"]["parameters"]}
+    assert similar["k"]["anyOf"][0]["maximum"] == search.K_MAX

@@ -17,19 +17,19 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from simd.errors import BadRequest, ImageError, NotFound, TooLarge
 from simd.formats import CONTENT_TYPES, sniff_format
 from simd.paths import display_path
-from simd.search import parse_k, parse_min_score
+from simd.search import ID_MAX, parse_k, parse_min_score, shown
 from simd.web.context import context, service
 
 bp = Blueprint("api", __name__)
 
 FILE_MAX_AGE = 60  # seconds a browser may reuse a thumbnail or file before revalidating (ETag)
-_ID = re.compile(r"[0-9]{1,18}")
+_ID = re.compile(r"[0-9]{1,19}")
 
 
 def _image_id(value: str) -> int:
     """Ids are decimal integers; anything else (traversal attempts included) is an unknown image."""
-    if not _ID.fullmatch(value):
-        raise NotFound(f"no image with id {value!r}")
+    if not _ID.fullmatch(value) or int(value) > ID_MAX:
+        raise NotFound(f"no image with id {shown(value)}")
     return int(value)
 
 

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from simd import __version__
 from simd.config import Config, is_loopback
-from simd.errors import SimdError
+from simd.errors import Busy, SimdError
 from simd.web import api, pages
 from simd.web.context import HTTP_CODES, SECURITY_HEADERS, WebContext, context, error_response
 
@@ -140,8 +140,16 @@ def _host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
 
 def _simd_error(e: SimdError):
     if e.http_status >= 500:
-        log.warning("%s %s: %s", request.method, request.path, e.message)
-    return error_response(e.http_status, e.code, e.message)
+        # Busy is load, not trouble: a flood of uploads must not flood the log too
+        log.log(
+            logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
+            "%s %s: %s",
+            request.method,
+            request.path,
+            e.message,
+        )
+    retry = getattr(e, "retry_after", None)
+    return error_response(e.http_status, e.code, e.message, [("Retry-After", str(retry))] if retry else None)
 
 
 def _http_error(e: HTTPException):

@@ -21,15 +21,27 @@ def _err(description: str) -> dict:
     return _json(_ref("Error"), description)
 
 
-def _q(name: str, schema: dict, description: str, required: bool = False) -> dict:
-    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+def _q(name: str, schema: dict, description: str) -> dict:
+    """An optional query parameter. An empty value (`k=`) counts as not given, so a schema that
+    does not admit the empty string (a number, a choice) admits it besides."""
+    if schema.get("type") != "string":
+        default = {"default": schema.pop("default")} if "default" in schema else {}
+        schema = {"anyOf": [schema, {"const": ""}], **default}
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
+
+# The bounds simd.search enforces (this module imports nothing of simd's; tests/test_openapi.py
+# checks that the two agree).
+ID_MAX = 2**63 - 1  # SQLite's largest rowid
+OFFSET_MAX = 1_000_000_000
+Q_MAX = 1024
+PATH_MAX = 4096
 
 _ID_PARAM = {
     "name": "image_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 0},
+    "schema": {"type": "integer", "minimum": 0, "maximum": ID_MAX},
     "description": "The image id.",
 }
 _K = _q("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "How many results.")
@@ -38,6 +50,8 @@ _MIN_SCORE = _q(
     {"type": "number", "minimum": -1, "maximum": 1},
     "Leave out results whose cosine similarity is below this.",
 )
+# An upload: the bytes of an image (an empty one is refused: 400 as a raw body, 415 as a form field).
+_UPLOAD = {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
 _COMMON = {
     "401": _err("A token is configured and the request lacks `Authorization: Bearer <token>`."),
     "500": _err("Unexpected server error."),
@@ -196,16 +210,20 @@ PATHS = {
     "/api/status": {"get": _op("Indexing state and counts.", {"200": _json(_ref("Status"), "The status.")})},
     "/api/similar": {
         "get": _op(
-            "The k images most similar to an indexed image (by id or path).",
+            "The k images most similar to an indexed image, given by id or by path (one of the two).",
             {
                 "200": _json(_ref("Similar"), "Results, best first."),
-                "400": _err("Bad parameter (k, min_score, id)."),
+                "400": _err("Bad parameter (k, min_score, id, path), or neither or both of id and path."),
                 "404": _err("Unknown image."),
                 "503": _err("The model is loading or the image is not indexed yet."),
             },
             [
-                _q("id", {"type": "integer"}, "Image id (or give path)."),
-                _q("path", {"type": "string"}, "Path relative to the library root, '/' separators."),
+                _q("id", {"type": "integer", "minimum": 0, "maximum": ID_MAX}, "Image id (or give path)."),
+                _q(
+                    "path",
+                    {"type": "string", "maxLength": PATH_MAX},
+                    "Path relative to the library root, '/' separators (or give id).",
+                ),
                 _K,
                 _MIN_SCORE,
             ],
@@ -216,8 +234,8 @@ PATHS = {
                 "200": _json(_ref("Similar"), "Results, best first."),
                 "400": _err("Bad parameter, no image in the request, or an id/path (those are GET searches)."),
                 "413": _err("The upload is larger than max_upload_mb."),
-                "415": _err("The upload is not a decodable image."),
-                "503": _err("The model is still loading."),
+                "415": _err("The upload is not a decodable image, or has more pixels than max_upload_pixels."),
+                "503": _err("The model is still loading, or too many uploads are in line (`busy`, with Retry-After)."),
             },
             [_K, _MIN_SCORE, _q("name", {"type": "string"}, "A name for a raw-body upload (messages only).")],
             requestBody={
@@ -227,12 +245,10 @@ PATHS = {
                         "schema": {
                             "type": "object",
                             "required": ["image"],
-                            "properties": {"image": {"type": "string", "contentMediaType": "application/octet-stream"}},
+                            "properties": {"image": _UPLOAD},
                         }
                     },
-                    "application/octet-stream": {
-                        "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
-                    },
+                    "application/octet-stream": {"schema": _UPLOAD},
                 },
             },
         ),
@@ -242,9 +258,9 @@ PATHS = {
             "Browse the library by path, with a filename filter.",
             {"200": _json(_ref("ImageList"), "A page of images."), "400": _err("Bad offset, limit or state.")},
             [
-                _q("offset", {"type": "integer", "minimum": 0, "default": 0}, "First row."),
+                _q("offset", {"type": "integer", "minimum": 0, "maximum": OFFSET_MAX, "default": 0}, "First row."),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Rows per page."),
-                _q("q", {"type": "string"}, "Case-insensitive substring of the path."),
+                _q("q", {"type": "string", "maxLength": Q_MAX}, "Case-insensitive substring of the path."),
                 _q(
                     "state",
                     {"enum": ["ok", "failed", "all"], "default": "ok"},
@@ -319,7 +335,8 @@ def build_spec() -> dict:
         "info": {
             "title": "simd",
             "version": __version__,
-            "description": 'The similar-image daemon\'s JSON API. Errors are always `{"error": {"code", "message"}}`.',
+            "description": "The similar-image daemon's JSON API. Errors are always "
+            '`{"error": {"code", "message"}}`. An empty query parameter (`k=`) counts as not given.',
         },
         "paths": PATHS,
         "components": {
