@@ -159,7 +159,7 @@ class SearchService:
         return {
             "state": snap["phase"],
             "indexed": counts["indexed"],
-            "pending": snap["pending"] + counts.get("stale", 0),
+            "pending": snap["pending"] + (0 if snap["progress"] else counts.get("stale", 0)),  # a run counts its own
             "failed": counts["failed"],
             "model": snap["model"] or "",
             "dim": snap["dim"] or 0,

@@ -3,6 +3,12 @@
 Watcher paths and full-rescan requests are coalesced: whatever piled up while a run was busy
 becomes one run. It owns the only writer `Store` connection (created inside the thread, as SQLite
 connections belong to the thread that made them). Stopped with a sentinel and `join(timeout)`.
+
+A run whose writes the storage refused (disk full, I/O error, read-only: `storehealth.write_failure`)
+was rolled back chunk by chunk; its work is held and run again after 5 s, then 10, 20, ... up to
+5 minutes, and whatever arrives meanwhile joins it. Status says "retrying" with the reason. A run
+that finds the index damaged notes it beside the file and sets `damaged`: the daemon then exits
+with status 1, and the next start moves the file aside and rebuilds (`simd.statedir`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from simd.indexer import Reconciler
 from simd.runtime import Runtime
 from simd.scanner import has_entries
 from simd.store import Store
+from simd.storehealth import is_damage, note_damage, write_failure
 from simd.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,8 @@ log = logging.getLogger(__name__)
 _FULL = object()
 _STOP = object()
 OFFLINE_RETRY_SECONDS = 5.0
+RETRY_FIRST_SECONDS = 5.0  # after a failed write; doubled at each failure in a row
+RETRY_MAX_SECONDS = 300.0
 
 
 class IndexWorker:
@@ -50,7 +59,11 @@ class IndexWorker:
         self._thread = threading.Thread(target=self._run, name="simd-indexer", daemon=True)
         self.last_beat = time.monotonic()
         self.runs = 0  # completed runs, for tests and status
+        self.damaged: str | None = None  # what a run found damaged in the index: the daemon restarts
         self._offline_since: float | None = None
+        self._retry_at: float | None = None  # a failed write's work waits until then
+        self._retry_delay = 0.0
+        self._held: tuple[bool, set[str], int] = (False, set(), 0)  # (full, paths, queued count) held
 
     # -- control (any thread)
     def start(self) -> None:
@@ -62,8 +75,8 @@ class IndexWorker:
 
     def submit(self, paths: set[str]) -> None:
         if paths:
+            self.runtime.add_pending(len(paths))  # counted as pending until a run takes them
             self._queue.put(set(paths))
-            self.runtime.add_pending(len(paths))
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Ask the thread to finish the chunk in flight (or drop it) and exit; True if it did."""
@@ -111,14 +124,24 @@ class IndexWorker:
                 except queue.Empty:
                     self._beat()
                     self._retry_if_back_online()
-                    continue
-                full, paths = self._drain(item)
+                    if self._retry_at is None or time.monotonic() < self._retry_at or self._stop.is_set():
+                        continue
+                    item = set()  # the held work is due
+                full, paths, taken = self._drain(item)
                 if self._stop.is_set():
                     break
-                self._one_run(reconciler, None if full else paths)
+                held_full, held_paths, held_taken = self._held
+                full, paths, taken = full or held_full, paths | held_paths, taken + held_taken
+                if self._retry_at is not None and time.monotonic() < self._retry_at:
+                    self._held = (full, paths, taken)  # the storage refused the last run: wait with it
+                    continue
+                self._held = (False, set(), 0)
+                self._one_run(reconciler, None if full else paths, taken)
+                if self.damaged:
+                    break
 
-    def _drain(self, first) -> tuple[bool, set[str]]:
-        full, paths, item = False, set(), first
+    def _drain(self, first) -> tuple[bool, set[str], int]:
+        full, paths, item, taken = False, set(), first, 0
         while True:
             if item is _STOP:
                 self._stop.set()
@@ -126,14 +149,18 @@ class IndexWorker:
                 full = True
             else:
                 paths |= item
+                taken += len(item)
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return full, paths
+                return full, paths, taken
 
-    def _one_run(self, reconciler: Reconciler, paths: set[str] | None) -> None:
+    def _one_run(self, reconciler: Reconciler, paths: set[str] | None, taken: int = 0) -> None:
         self._beat()
+        self.runtime.add_pending(-taken)  # from now on the run's plan counts them
         try:
+            if reconciler.store.get_meta("model") != reconciler.model:
+                reconciler.store.set_meta("model", reconciler.model)
             summary = reconciler.run(paths)
         except LibraryOffline as e:
             log.warning("%s", e)
@@ -141,13 +168,23 @@ class IndexWorker:
             self.runtime.update(phase="offline", pending=0, progress=None, last_error=str(e))
             return
         except Exception as e:  # a bug or a resource error must not kill the only writer
-            log.exception("reconcile failed")
-            self.runtime.update(phase="idle", pending=0, progress=None, last_error=f"reconcile failed: {e}")
+            if is_damage(e):
+                self._on_damage(str(e))
+            elif (reason := write_failure(e)) is not None:
+                self._on_write_failure(reason, paths)
+            else:
+                log.exception("reconcile failed")
+                self.runtime.update(phase="idle", pending=0, progress=None, last_error=f"reconcile failed: {e}")
             return
         finally:
             self._beat()
         self.runs += 1
         self._offline_since = None
+        if self._retry_at is not None:
+            log.info("the index is written again; indexing resumed")
+            self._retry_at, self._retry_delay = None, 0.0
+            if (self.runtime.snapshot()["last_error"] or "").startswith("cannot write the index"):
+                self.runtime.update(last_error=None)
         if summary.interrupted:
             return
         still_queued = self._queue.qsize()
@@ -156,6 +193,32 @@ class IndexWorker:
             log.info(
                 "%s: %s (%.1f s)", "reconcile" if paths is None else "indexed", summary.describe(), summary.seconds
             )
+
+    def _on_write_failure(self, reason: str, paths: set[str] | None) -> None:
+        """The storage refused a write (rolled back): hold the run's work and retry it later."""
+        first = self._retry_at is None
+        self._retry_delay = RETRY_FIRST_SECONDS if first else min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+        self._retry_at = time.monotonic() + self._retry_delay
+        held_full, held_paths, held_taken = self._held
+        self._held = (held_full or paths is None, held_paths | (paths or set()), held_taken)
+        waiting = self.runtime.snapshot()["pending"]
+        (log.error if first else log.warning)(
+            "cannot write the index: %s; %d files wait, retrying in %.0f s", reason, waiting, self._retry_delay
+        )
+        self.runtime.update(  # progress stays: what the run had done
+            phase="retrying",
+            last_error=f"cannot write the index: {reason}; retried by itself, next in {self._retry_delay:.0f} s",
+        )
+
+    def _on_damage(self, reason: str) -> None:
+        log.error(
+            "the index %s is damaged (%s); simd stops, and its next start moves it aside and rebuilds it",
+            self.db_path,
+            reason,
+        )
+        note_damage(self.db_path, reason)
+        self.damaged = reason
+        self.runtime.update(progress=None, last_error=f"the index is damaged: {reason}")
 
     def _retry_if_back_online(self) -> None:
         if self._offline_since is None or time.monotonic() - self._offline_since < OFFLINE_RETRY_SECONDS:

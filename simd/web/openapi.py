@@ -64,7 +64,7 @@ SCHEMAS = {
         "type": "object",
         "required": ["state", "indexed", "pending", "failed", "model", "dim", "library"],
         "properties": {
-            "state": {"enum": ["starting", "scanning", "indexing", "idle", "offline"]},
+            "state": {"enum": ["starting", "scanning", "indexing", "idle", "offline", "retrying"]},
             "indexed": {"type": "integer"},
             "pending": {"type": "integer"},
             "failed": {"type": "integer"},

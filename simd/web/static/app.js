@@ -12,6 +12,7 @@
   const MAX_UPLOAD = Number(document.body.dataset.maxUpload) || 0;
   const STATE_LABEL = {
     starting: "Starting", scanning: "Scanning", indexing: "Indexing", idle: "Idle", offline: "Library offline",
+    retrying: "Cannot write the index; retrying",
   };
 
   let lastStatus = null;
