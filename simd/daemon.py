@@ -176,7 +176,10 @@ class Daemon:
         if self.server is not None:  # a start that failed (e.g. port taken) just says why, not "stopping"
             log.info("stopping")
         for name, thread in self._threads():
-            if thread is not None and not thread.stop(STOP_TIMEOUT):
+            started = time.monotonic()
+            stopped = thread is None or thread.stop(STOP_TIMEOUT)
+            log.debug("%s stopped in %.2f s", name, time.monotonic() - started)
+            if not stopped:
                 if thread is self.worker:
                     log.warning(
                         "the indexer did not finish its batch in %.0f s; it is dropped and redone at the next start",

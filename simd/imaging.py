@@ -20,7 +20,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image, features
@@ -176,7 +176,7 @@ def open_image(
         with _decoding(name, reader) as (fmt, head):
             if fmt == "webp" and (declared := webp_declared_size(head)):
                 _check_pixels(name, declared, max_pixels)  # before Pillow allocates the canvas
-            img = Image.open(reader, formats=[fmt.upper()])
+            img = Image.open(cast(BinaryIO, reader), formats=[fmt.upper()])
             _check_pixels(name, img.size, max_pixels)
             width, height = img.size
             most = bytes_for_pixels(width, height)
@@ -204,7 +204,7 @@ def check_file_size(path: str | os.PathLike, *, budget: Budget | None = None) ->
         size = os.fstat(fp.fileno()).st_size
         reader = BudgetReader(fp, budget or Budget(DECODE_SECONDS, what="reading the header"))
         with _decoding(name, reader) as (fmt, _):
-            img = Image.open(reader, formats=[fmt.upper()])
+            img = Image.open(cast(BinaryIO, reader), formats=[fmt.upper()])
             width, height = img.size
             most = bytes_for_pixels(width, height)
             if size > most and not getattr(img, "is_animated", False):

@@ -30,7 +30,15 @@ from simd import config as cfg
 from simd.errors import ConfigError, SimdError
 from simd.paths import is_inside
 from simd.store import Store
-from simd.storehealth import DamagedIndex, damage_noted, is_damage, move_aside
+from simd.storehealth import (
+    DamagedIndex,
+    damage_noted,
+    integrity_problem,
+    invalid_vectors,
+    is_damage,
+    move_aside,
+    reset_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +128,7 @@ def _check_index(db: Path, root: Path, state: Path) -> None:
         raise DamagedIndex(db, noted)
     try:
         with Store(db) as store:
-            if problem := store.integrity_problem(quick=True):
+            if problem := integrity_problem(store.db, quick=True):
                 raise DamagedIndex(db, f"PRAGMA quick_check: {problem}")
             known = store.get_meta("library_root")
             if known and known != str(root):
@@ -128,9 +136,8 @@ def _check_index(db: Path, root: Path, state: Path) -> None:
             if not known:
                 with store.batch():
                     store.set_meta("library_root", str(root))
-            if bad := store.invalid_vectors():
-                with store.batch():
-                    store.reset_vectors([image_id for image_id, _ in bad])
+            if bad := invalid_vectors(store.db):
+                reset_vectors(store.db, [image_id for image_id, _ in bad])
                 first = ", ".join(f"id {i}: {what}" for i, what in bad[:3])
                 log.error("the index %s held %d invalid vectors (%s); they are re-embedded", db, len(bad), first)
     except sqlite3.DatabaseError as e:

@@ -29,7 +29,7 @@ from sqlite_utils import Database
 
 from simd import storeschema
 from simd.errors import NotFound, SimdError
-from simd.storehealth import DamagedIndex, invalid_rows, is_damage, valid_rows
+from simd.storehealth import DamagedIndex, is_damage, valid_rows
 from simd.storevalues import VEC_DTYPE, FileRecord, casefold, from_blob, make_private_dirs, to_blob
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,11 @@ class Store:
                     str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
                 )
         except sqlite3.Error as e:
-            if is_damage(e):
-                raise DamagedIndex(self.path, str(e)) from None
-            raise SimdError(f"cannot open the index {self.path}: {e}") from None
+            raise (
+                DamagedIndex(self.path, str(e))
+                if is_damage(e)
+                else SimdError(f"cannot open the index {self.path}: {e}")
+            ) from None
         self.db = Database(conn, execute_plugins=False)
         self.db.register_function(casefold, deterministic=True, name="simd_casefold")
         try:
@@ -92,9 +94,9 @@ class Store:
                 storeschema.migrate(self.db, self.path)
         except sqlite3.DatabaseError as e:
             conn.close()
-            if is_damage(e):
-                raise DamagedIndex(self.path, str(e)) from None
-            raise SimdError(f"cannot use the index {self.path}: {e}") from None
+            raise (
+                DamagedIndex(self.path, str(e)) if is_damage(e) else SimdError(f"cannot use the index {self.path}: {e}")
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -181,7 +183,7 @@ class Store:
         """(ids int64 (n,), vectors float32 (n, dim)) of the ok rows of `model`, by id.
 
         Filled chunk by chunk into one preallocated array, in one read transaction. With no rows:
-        shapes (0,), (0, 0). Invalid vectors (`invalid_vectors`) are left out, with a warning.
+        shapes (0,), (0, 0). Invalid vectors (`storehealth.valid_rows`) are left out, with a warning.
         """
         where = "model = ? AND state = 'ok' AND vector IS NOT NULL"
         with self._lock:
@@ -215,21 +217,6 @@ class Store:
         if skipped := sum(c for _, c in dims) - i:
             log.warning("%s: %d stored vectors of %s are invalid and left out of the search", self.path, skipped, model)
         return ids[:i], matrix[:i]
-
-    def invalid_vectors(self) -> list[tuple[int, str]]:
-        """(id, what is wrong) of every ok row whose vector is not valid (`storehealth.invalid_rows`)."""
-        where = "FROM images WHERE state = 'ok' AND vector IS NOT NULL"
-        bad: list[tuple[int, str]] = []
-        with self._lock:
-            # each model's most common size comes last, and wins
-            size = {
-                m: d
-                for m, d, _ in self.db.execute(f"SELECT model, dim, count(*) AS n {where} GROUP BY 1, 2 ORDER BY n")
-            }
-            cursor = self.db.execute(f"SELECT id, model, dim, vector {where} ORDER BY id")
-            while rows := cursor.fetchmany(4096):
-                bad += invalid_rows(rows, size)
-        return bad
 
     def list_images(self, offset: int, limit: int, q: str = "", state: str | None = None) -> tuple[list[dict], int]:
         """A page of rows ordered by path, and the number matching; `q`: case-insensitive substring;
@@ -290,17 +277,6 @@ class Store:
         with self._lock:
             row = self.db.execute("SELECT dim FROM images WHERE state = 'ok' AND model = ? LIMIT 1", [model]).fetchone()
         return int(row[0]) if row and row[0] else 0
-
-    def integrity_problem(self, *, quick: bool = True) -> str | None:
-        """The first problem `PRAGMA quick_check` (or the slower `integrity_check`, which also checks
-        the indexes against the rows) finds, or None when the file is sound."""
-        with self._lock:
-            try:
-                rows = self.db.execute(f"PRAGMA {'quick_check' if quick else 'integrity_check'}").fetchall()
-            except sqlite3.DatabaseError as e:
-                return str(e)
-        found = [r[0] for r in rows]
-        return None if found == ["ok"] else "; ".join(found[:3])
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -367,13 +343,6 @@ class Store:
 
     def put_failed(self, path: str, size: int, mtime_ns: int, hash: str | None, error: str) -> int:
         return self._put(path, size, mtime_ns, hash, "failed", str(error), None, None, None)
-
-    def reset_vectors(self, ids: Iterable[int]) -> None:
-        """Forget these rows' vectors (model and size too): the next reconcile sees them as indexed
-        with another model and re-embeds them, keeping their ids."""
-        with self._lock:
-            for image_id in ids:
-                self._write("UPDATE images SET model = NULL, dim = NULL, vector = NULL WHERE id = ?", [int(image_id)])
 
     def update_stat(self, path: str, size: int, mtime_ns: int) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
-"""How the index file fails, told apart: damage, or a write the disk refused.
+"""How the index file fails, told apart: damage, or a write the disk refused; and the checks that
+find damage (their SQL lives here, as the schema's lives in `simd.storeschema`).
 
 - Damage: SQLite says the file is corrupt or not a database, `PRAGMA quick_check` finds a problem,
   or the running indexer met one. `DamagedIndex`; the state dir's claim moves such a file aside
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sqlite_utils import Database
 
 from simd.errors import SimdError
 from simd.storevalues import VEC_DTYPE
@@ -25,6 +27,7 @@ from simd.storevalues import VEC_DTYPE
 # SQLite's primary result codes (the low byte of an extended code)
 _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 8, 10, 11, 13, 14, 26
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+_WRITE_WORDS = ("disk is full", "disk i/o error", "readonly database", "unable to open database file")
 SUSPECT_SUFFIX = ".suspect"  # next to the index: the running daemon found it damaged
 
 
@@ -38,6 +41,41 @@ class DamagedIndex(SimdError):
         super().__init__(f"the index {path} is damaged: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+
+def integrity_problem(db: Database, *, quick: bool = True) -> str | None:
+    """The first problems `PRAGMA quick_check` (or the slower `integrity_check`, which also checks
+    the indexes against the rows) finds, or None when the file is sound."""
+    try:
+        found = [r[0] for r in db.execute(f"PRAGMA {'quick_check' if quick else 'integrity_check'}").fetchall()]
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    return None if found == ["ok"] else "; ".join(found[:3])
+
+
+def invalid_vectors(db: Database) -> list[tuple[int, str]]:
+    """(id, what is wrong) of every ok row whose vector is not valid (`invalid_rows`)."""
+    where = "FROM images WHERE state = 'ok' AND vector IS NOT NULL"
+    # each model's most common size comes last, and wins
+    size = {m: d for m, d, _ in db.execute(f"SELECT model, dim, count(*) AS n {where} GROUP BY 1, 2 ORDER BY n")}
+    cursor = db.execute(f"SELECT id, model, dim, vector {where} ORDER BY id")
+    bad: list[tuple[int, str]] = []
+    while rows := cursor.fetchmany(4096):
+        bad += invalid_rows(rows, size)
+    return bad
+
+
+def reset_vectors(db: Database, ids: list[int]) -> None:
+    """Forget these rows' vectors (model and size too), in one transaction: the next reconcile sees
+    them as indexed with another model and re-embeds them, keeping their ids."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        sql = "UPDATE images SET model = NULL, dim = NULL, vector = NULL WHERE id = ?"
+        db.conn.executemany(sql, [(int(i),) for i in ids])
+        db.execute("COMMIT")
+    except BaseException:
+        db.rollback()
+        raise
 
 
 def is_damage(e: BaseException) -> bool:
@@ -57,6 +95,8 @@ def write_failure(e: BaseException) -> str | None:
     code = getattr(e, "sqlite_errorcode", None)
     if isinstance(e, sqlite3.OperationalError) and code is not None:
         return str(e) if code & 0xFF in (_FULL, _IOERR, _READONLY, _CANTOPEN) else None
+    if isinstance(e, sqlite3.OperationalError):  # one without its code: SQLite's own words
+        return str(e) if any(w in str(e).lower() for w in _WRITE_WORDS) else None
     if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
         return e.strerror or str(e)
     return None

@@ -203,7 +203,7 @@ class IndexWorker:
         self._held = (held_full or paths is None, held_paths | (paths or set()), held_taken)
         waiting = self.runtime.snapshot()["pending"]
         (log.error if first else log.warning)(
-            "cannot write the index: %s; %d files wait, retrying in %.0f s", reason, waiting, self._retry_delay
+            "cannot write the index: %s; files waiting: %d; retrying in %.0f s", reason, waiting, self._retry_delay
         )
         self.runtime.update(  # progress stays: what the run had done
             phase="retrying",

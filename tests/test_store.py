@@ -13,6 +13,7 @@ import pytest
 
 from simd.errors import NotFound, SimdError
 from simd.store import FileRecord, Store
+from simd.storehealth import integrity_problem, invalid_vectors
 from simd.storeschema import SCHEMA_VERSION
 
 M = "resnet50/default"
@@ -185,7 +186,7 @@ def test_vectors_round_trip_bit_exactly_as_little_endian_float32(store):
     for got in (store.vector_of(a, M), store.vector_for_hash("hash-a", M)):
         assert got.dtype == np.float32 and got.tobytes() == v.tobytes()
     # 3.4e38 squared overflows float32: no search can use it, so loading leaves it out (with a warning)
-    assert store.load_vectors(M)[0].size == 0 and store.invalid_vectors() == [(a, "values too large")]
+    assert store.load_vectors(M)[0].size == 0 and invalid_vectors(store.db) == [(a, "values too large")]
     v[2] = 1.0
     with store.batch():
         store.put_ok("a.jpg", 1, 1, "hash-a", M, v)
@@ -283,7 +284,7 @@ def test_readonly_store_cannot_write_and_sees_committed_data(db_path):
             assert reader.get(a) is None  # uncommitted: invisible
         assert reader.get(a)["path"] == "a.jpg"
         assert np.array_equal(reader.load_vectors(M)[1][0], vec(1))
-        assert reader.integrity_problem(quick=False) is None
+        assert integrity_problem(reader.db, quick=False) is None
     finally:
         reader.close()
         writer.close()
@@ -354,12 +355,12 @@ def test_integrity_problem(db_path):
         with s.batch():
             for i in range(500):
                 s.put_ok(f"p{i}.jpg", 1, 1, f"h{i}", M, vec(i, dim=64))
-        assert s.integrity_problem(quick=False) is None
+        assert integrity_problem(s.db, quick=False) is None
     with open(db_path, "r+b") as f:  # overwrite pages in the middle of the file
         f.seek(4096 * 20)
         f.write(np.random.default_rng(0).bytes(4096 * 3))
     with Store(db_path) as s:
-        assert s.integrity_problem(quick=False) and s.integrity_problem(quick=True)
+        assert integrity_problem(s.db, quick=False) and integrity_problem(s.db, quick=True)
 
 
 def test_name_filter_folds_case_accents_and_unicode_forms(tmp_path):
