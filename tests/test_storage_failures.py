@@ -208,6 +208,11 @@ def damage_pages(db: Path) -> None:
         f.write(np.random.default_rng(0).bytes(4096 * 3))
 
 
+def damaged_copies(state: Path) -> list[Path]:
+    """The damaged index files moved aside (not their -wal, -shm or note)."""
+    return [p for p in state.glob("index.db.damaged-*") if not p.name.endswith(("-wal", "-shm", ".suspect"))]
+
+
 def quick_check(db: Path) -> str:
     con = sqlite3.connect(db)
     try:
@@ -225,7 +230,7 @@ def test_a_damaged_index_is_moved_aside_and_a_new_one_built(library, state_dir, 
     assert quick_check(db) != "ok"
     with caplog.at_level(logging.INFO, logger="simd"), claim(library, state_dir):
         pass
-    [moved] = state_dir.glob("index.db.damaged-*")
+    [moved] = damaged_copies(state_dir)
     assert f"the index {db} is damaged" in caplog.text and f"moved it aside to {moved.name}" in caplog.text
     assert "created a new, empty index" in caplog.text
     with Store(db) as store:
@@ -240,7 +245,7 @@ def test_a_damaged_index_is_moved_aside_and_a_new_one_built(library, state_dir, 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="simd"), claim(library, state_dir):
         pass
-    assert "file is not a database" in caplog.text and len(list(state_dir.glob("index.db.damaged-*"))) == 2
+    assert "file is not a database" in caplog.text and len(damaged_copies(state_dir)) == 2
 
 
 def test_invalid_vectors_are_re_embedded_and_the_rest_is_kept(library, state_dir, caplog):
@@ -263,7 +268,7 @@ def test_invalid_vectors_are_re_embedded_and_the_rest_is_kept(library, state_dir
         assert (summary.reembedded, summary.embedded, embedder.images_embedded) == (3, 3, 3)
         assert invalid_vectors(store.db) == [] and len(store.load_vectors(embedder.model_id)[0]) == 6
         assert {r["path"]: r["id"] for r in store.list_images(0, 10)[0]} == rows  # the same ids
-    assert not list(state_dir.glob("index.db.damaged-*"))
+    assert not damaged_copies(state_dir)
 
 
 # -- a write the storage refuses ----------------------------------------------------------------
@@ -314,6 +319,35 @@ def test_a_refused_write_is_rolled_back_shown_and_retried_until_it_works(library
             assert len(reader.records()) == 6
     finally:
         assert w.stop()
+
+
+def test_damage_met_while_running_stops_the_worker_and_the_next_start_rebuilds(library, state_dir, monkeypatch, caplog):
+    """Injected: a read the running indexer makes fails as SQLite does on a damaged b-tree."""
+    indexed_library(library, state_dir, n=2)
+    db = state_dir / "index.db"
+
+    def malformed(self, prefix=None):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    embedder = PixelEmbedder()
+    runtime = Runtime(model=embedder.model_id)
+    w = IndexWorker(db, library, embedder, VectorIndex(embedder.dim), IgnoreRules([]), runtime)
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "records", malformed)
+        w.start()
+        w.request_full("start")
+        deadline = time.monotonic() + 20
+        while w.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert w.damaged == "database disk image is malformed" and w.stop()
+    assert runtime.snapshot()["last_error"] == "the index is damaged: database disk image is malformed"
+    assert quick_check(db) == "ok"  # SQLite's own check may miss what a read met: the note tells
+    with caplog.at_level(logging.INFO, logger="simd"), claim(library, state_dir):
+        pass
+    [kept] = damaged_copies(state_dir)
+    assert "is damaged (database disk image is malformed); moved it aside" in caplog.text
+    assert Path(f"{kept}.suspect").exists() and not Path(f"{db}.suspect").exists()
 
 
 def test_pending_counts_the_queued_paths_and_the_planned_work():
@@ -412,7 +446,7 @@ def test_serve_rebuilds_an_index_damaged_while_stopped(tmp_path, library, phone_
         st = served.wait_idle(indexed=n)
         assert st["embedded"] == n
         similar_works(served, n)
-        [kept] = state.glob("index.db.damaged-*")
+        [kept] = damaged_copies(state)
         log = served.output()
         assert f"the index {db} is damaged (" in log and f"moved it aside to {kept.name}" in log, log
         assert "created a new, empty index" in log and "Traceback" not in log
@@ -424,33 +458,42 @@ def test_serve_rebuilds_an_index_damaged_while_stopped(tmp_path, library, phone_
 def test_a_full_disk_rolls_back_shows_in_status_and_resumes_by_itself(tmp_path, library, phone_jpeg):
     """A real full disk: the state dir on an 8 MB tmpfs, filled up while the daemon runs."""
     n = photo_library(library, phone_jpeg)
-    with tmpfs(tmp_path / "small", "size=8m,mode=0700") as small:
-        state = small / "state"
+    with tmpfs(tmp_path / "state", "size=8m,mode=0700") as state:  # the daemon's log stays outside
+        small = state
         served = Served(library, state)
         try:
             served.wait_idle(indexed=n)
-            with open(small / "filler", "wb") as f:  # take every byte left
+            with open(small / "filler", "wb", buffering=0) as f:  # take every byte left
                 with contextlib.suppress(OSError):
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
+                    while f.write(b"\0" * 65536):
+                        pass
             for i in range(30):
                 make_photo(library / "new" / f"n{i}.jpg", seed=100 + i)
-            st = served.wait_until(
-                lambda: (s := served.get("/api/status"))["state"] == "retrying" and s, 60, "the write refused"
-            )
-            assert "database or disk is full" in st["last_error"] and st["pending"] >= 30, st
+
+            def refused():  # and every new file counted as waiting (the watcher hands them over in batches)
+                st = served.get("/api/status")
+                return st["state"] == "retrying" and st["pending"] >= 30 and st
+
+            st = served.wait_until(refused, 60, "the write refused")
+            assert "database or disk is full" in st["last_error"], st
             assert st["indexed"] == n  # rolled back: nothing of the refused run is in the index
             image_id = served.get("/api/images?limit=1")["images"][0]["id"]
             status, body = http(f"{served.url}/api/images/{image_id}/thumb")
             assert status == 503 and "No space left on device" in body["error"]["message"], body
+            # stopped and started again on the full disk: it starts, serves, and waits for room
+            assert served.stop() == 0
+            log = served.log_path.read_text()
+            assert "ERROR simd.worker: cannot write the index: database or disk is full" in log
+            served = Served(library, state)
+            st = served.wait_until(refused, 90, "the write refused again")
+            assert st["indexed"] == n, st
+            similar_works(served, n)
             (small / "filler").unlink()
             freed = time.monotonic()
             served.wait_idle(indexed=n + 30, timeout=120)  # no rescan asked
             resumed = time.monotonic() - freed
             assert http(f"{served.url}/api/images/{image_id}/thumb")[0] == 200
-            log = served.output()
-            assert "ERROR simd.worker: cannot write the index: database or disk is full" in log
+            log += served.output()
             assert "indexing resumed" in log and "Traceback" not in log
             print(f"resumed {resumed:.1f} s after the space returned")
             assert served.stop() == 0
