@@ -57,6 +57,7 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.service: SearchService | None = None
         self.state_dir: StateDir | None = None
+        self.exit_code = 0
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_event.set()
@@ -75,7 +76,7 @@ class Daemon:
         finally:
             notify.notify("STOPPING=1")
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def _start(self, state_dir: StateDir) -> None:
         root, db = state_dir.root, state_dir.db
@@ -86,9 +87,7 @@ class Daemon:
         embedder = Embedder.from_config(self.config)
         if self.stop_event.is_set():
             return
-        with Store(db) as store:
-            with store.batch():
-                store.set_meta("model", embedder.model_id)
+        with Store(db, readonly=True) as store:  # the indexer records the model with its first run
             vectors = load_index(store, embedder.model_id, embedder.dim)
         ignore = IgnoreRules(self.config.ignore)
         worker = self.worker = IndexWorker(
@@ -152,6 +151,10 @@ class Daemon:
         next_reconcile = time.monotonic() + self.config.reconcile_interval
         while not self.stop_event.wait(0.25):
             now = time.monotonic()
+            if self.worker is not None and self.worker.damaged:
+                log.error("stopping: the index is damaged; the next start moves it aside and rebuilds it")
+                self.exit_code = 1  # systemd's Restart=on-failure starts simd again
+                return
             if ping_every and now - last_ping >= ping_every:
                 last_ping = now
                 if self.healthy():
@@ -179,7 +182,10 @@ class Daemon:
         if self.server is not None:  # a start that failed (e.g. port taken) just says why, not "stopping"
             log.info("stopping")
         for name, thread in self._threads():
-            if thread is not None and not thread.stop(STOP_TIMEOUT):
+            started = time.monotonic()
+            stopped = thread is None or thread.stop(STOP_TIMEOUT)
+            log.debug("%s stopped in %.2f s", name, time.monotonic() - started)
+            if not stopped:
                 if thread is self.worker:
                     log.warning(
                         "the indexer did not finish its batch in %.0f s; it is dropped and redone at the next start",

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from simd.budget import DECODE_SECONDS, Budget
 from simd.config import MAX_IMAGE_PIXELS, MAX_UPLOAD_PIXELS, Config
 from simd.errors import Busy, ImageError
 
@@ -180,8 +181,12 @@ class Embedder:
         )
 
     # -- public API
-    def embed_files(self, paths: Iterable[str | os.PathLike]) -> list[np.ndarray | ImageError]:
-        """One vector (or the ImageError) per path, in order; never raises for a bad image."""
+    def embed_files(
+        self, paths: Iterable[str | os.PathLike], *, stop: threading.Event | None = None
+    ) -> list[np.ndarray | ImageError]:
+        """One vector (or the ImageError) per path, in order; never raises for a bad image. Each
+        decode has its budget (`simd.budget.DECODE_SECONDS`, bytes by pixel size); `stop` set:
+        `simd.budget.Stopped` within a read."""
         paths = list(paths)
         results: list[np.ndarray | ImageError | None] = [None] * len(paths)
         if not paths:
@@ -190,7 +195,7 @@ class Embedder:
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="simd-decode") as pool:
 
             def submit(chunk):
-                return [pool.submit(self._decode_file, paths[i]) for i in chunk]
+                return [pool.submit(self._decode_file, paths[i], stop) for i in chunk]
 
             pending = submit(chunks[0])
             for k, chunk in enumerate(chunks):
@@ -250,7 +255,9 @@ class Embedder:
         side = 2 * max(self.sizes)  # 2x margin: the antialiased resize still has pixels to average
         return side, side
 
-    def _decode_file(self, path: str | os.PathLike) -> list[np.ndarray] | ImageError:
+    def _decode_file(
+        self, path: str | os.PathLike, stop: threading.Event | None = None
+    ) -> list[np.ndarray] | ImageError:
         from simd.imaging import open_image
 
         name = os.fspath(path)
@@ -261,6 +268,7 @@ class Embedder:
                 max_pixels=self.max_pixels,
                 draft_size=self._draft_size(),
                 apply_exif=self.descriptor.exif,
+                budget=Budget(DECODE_SECONDS, stop, "decoding"),
             )
             return self._prepare(image)
         except ImageError as e:

@@ -20,11 +20,12 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image, features
 
+from simd.budget import DECODE_SECONDS, Budget, BudgetReader, OverBudget, Stopped, bytes_for_pixels, megabytes
 from simd.config import MAX_IMAGE_PIXELS
 from simd.errors import ImageError
 from simd.formats import (
@@ -160,51 +161,98 @@ def open_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
     apply_exif: bool = True,
+    budget: Budget | None = None,
 ) -> Image.Image:
     """Decode an allowed image into a loaded, upright RGB image, or raise ImageError.
 
     `draft_size=(w, h)` lets JPEGs decode at a reduced scale (1/2, 1/4 or 1/8) that is still at
     least w x h -- about 4x faster for a 12 MP photo when the caller only needs ~448 px.
+    `budget` (default: `DECODE_SECONDS`, no stop event) bounds the time, and the bytes read are
+    bounded by the declared pixel size (`simd.budget`): over either, ImageError ("timed out ...",
+    "too large for its pixel size ..."); its stop event set, `budget.Stopped`.
     """
     with _open_source(source, name) as (fp, name):
-        try:
-            head = fp.read(HEAD_BYTES)
-            fp.seek(0)
-        except OSError as e:
-            raise ImageError(name, f"read error ({e.strerror or e})") from None
-        if not head:
-            raise ImageError(name, "empty file")
-        raw = camera_raw_kind(head, name)
-        if raw is not None:
-            raise ImageError(name, RAW_UNSUPPORTED.format(kind=raw))
-        fmt = sniff_format(head)
-        if fmt is None:
-            raise ImageError(name, describe_other(head))
-        if not _plugin_available(fmt):
-            extra = "the pillow-heif plugin (pip install pillow-heif)" if fmt == "heif" else "AVIF support"
-            raise ImageError(name, f"{fmt.upper()} image, but this installation lacks {extra}")
-        if fmt == "webp" and (declared := webp_declared_size(head)):
-            _check_pixels(name, declared, max_pixels)
-        try:
-            with _pillow_warnings_silenced():
-                img = Image.open(fp, formats=[fmt.upper()])
-                _check_pixels(name, img.size, max_pixels)
-                if draft_size and img.format in ("JPEG", "MPO"):
-                    w, h = draft_size
-                    if apply_exif and _orientation(img, name) in (5, 6, 7, 8):  # stored sideways: swap
-                        w, h = h, w
-                    img.draft("RGB", (w, h))
-                img.load()  # the first frame only, for GIF/TIFF/WebP animations
-                # after load: PNG may keep EXIF after the pixels
-                orientation = _orientation(img, name) if apply_exif else 1
-                rgb = to_rgb(img)
-        except ImageError:
-            raise
-        except Exception as e:  # Pillow's plugins raise many types on hostile input
-            raise ImageError(name, _decode_failure(e, fmt)) from e
+        reader = BudgetReader(fp, budget or Budget(DECODE_SECONDS, what="decoding"))
+        with _decoding(name, reader) as (fmt, head):
+            if fmt == "webp" and (declared := webp_declared_size(head)):
+                _check_pixels(name, declared, max_pixels)  # before Pillow allocates the canvas
+            img = Image.open(cast(BinaryIO, reader), formats=[fmt.upper()])
+            _check_pixels(name, img.size, max_pixels)
+            width, height = img.size
+            most = bytes_for_pixels(width, height)
+            reader.allow(most, f"too large for its pixel size: over {megabytes(most)} for a {width}x{height} image")
+            if draft_size and img.format in ("JPEG", "MPO"):
+                w, h = draft_size
+                if apply_exif and _orientation(img, name) in (5, 6, 7, 8):  # stored sideways: swap
+                    w, h = h, w
+                img.draft("RGB", (w, h))
+            img.load()  # the first frame only, for GIF/TIFF/WebP animations
+            # after load: PNG may keep EXIF after the pixels
+            orientation = _orientation(img, name) if apply_exif else 1
+            rgb = to_rgb(img)
     if orientation in _ORIENTATION:
         rgb = rgb.transpose(_ORIENTATION[orientation])
     return rgb
+
+
+def check_file_size(path: str | os.PathLike, *, budget: Budget | None = None) -> None:
+    """Refuse, before it is hashed or decoded, a file that is no image simd reads, or one far larger
+    than the single picture its header declares (`budget.bytes_for_pixels`: a JPEG header followed
+    by gigabytes of zeros). Reads the header only; animations and multi-page files are let through
+    (their frames after the first are never decoded). Raises ImageError."""
+    with _open_source(path, None) as (fp, name):
+        size = os.fstat(fp.fileno()).st_size
+        reader = BudgetReader(fp, budget or Budget(DECODE_SECONDS, what="reading the header"))
+        with _decoding(name, reader) as (fmt, _):
+            img = Image.open(cast(BinaryIO, reader), formats=[fmt.upper()])
+            width, height = img.size
+            most = bytes_for_pixels(width, height)
+            if size > most and not getattr(img, "is_animated", False):
+                raise ImageError(
+                    name,
+                    f"too large for its pixel size: {megabytes(size)} for a {width}x{height} image "
+                    f"(a picture of that size holds at most {megabytes(most)}); not read",
+                )
+
+
+@contextlib.contextmanager
+def _decoding(name: str, reader: BudgetReader) -> Iterator[tuple[str, bytes]]:
+    """Sniff the allowed format of `reader`'s content, yield it and the head; every failure of the block
+    becomes an ImageError naming the file (budget.Stopped passes through)."""
+    try:
+        head = reader.read(HEAD_BYTES)
+        reader.seek(0)
+    except OSError as e:
+        raise ImageError(name, f"read error ({e.strerror or e})") from None
+    except OverBudget as e:
+        raise ImageError(name, e.reason) from None
+    if not head:
+        raise ImageError(name, "empty file")
+    raw = camera_raw_kind(head, name)
+    if raw is not None:
+        raise ImageError(name, RAW_UNSUPPORTED.format(kind=raw))
+    fmt = sniff_format(head)
+    if fmt is None:
+        raise ImageError(name, describe_other(head))
+    if not _plugin_available(fmt):
+        extra = "the pillow-heif plugin (pip install pillow-heif)" if fmt == "heif" else "AVIF support"
+        raise ImageError(name, f"{fmt.upper()} image, but this installation lacks {extra}")
+    try:
+        with _pillow_warnings_silenced():
+            yield fmt, head
+    except (ImageError, Stopped):
+        raise
+    except OverBudget as e:
+        raise ImageError(name, e.reason) from None
+    except Exception as e:  # Pillow's plugins raise many types on hostile input
+        # a plugin that wrapped (or swallowed) the budget's exception: the budget's reason wins
+        if reader.over is not None:
+            raise ImageError(name, reader.over.reason) from None
+        try:
+            reader.budget.check(reader.done)  # Stopped passes through
+        except OverBudget as over:
+            raise ImageError(name, over.reason) from None
+        raise ImageError(name, _decode_failure(e, fmt)) from e
 
 
 def _orientation(img: Image.Image, name: str) -> int:

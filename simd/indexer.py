@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from simd.budget import DECODE_SECONDS, HASH_SECONDS, HEADER_BYTES, Budget, OverBudget, Stopped
 from simd.errors import ImageError, LibraryOffline
 from simd.ignore import IgnoreRules
+from simd.imaging import check_file_size
 from simd.paths import display_path
 from simd.scanner import DiskFile, Plan, check_root, file_hash, has_entries, make_plan, scan_path, walk
 from simd.store import FileRecord, Store
@@ -203,7 +205,11 @@ class Reconciler:
                 summary.interrupted = True
                 break
             chunk = work[start : start + self.chunk_size]
-            self._apply_chunk(chunk, records, gone_hashes, moved_hashes, summary)
+            try:
+                self._apply_chunk(chunk, records, gone_hashes, moved_hashes, summary)
+            except Stopped:  # a stop while a file was read: the chunk is dropped, the next run redoes it
+                summary.interrupted = True
+                break
             done += len(chunk)
             self.on_progress("indexing", done, total)
         if not summary.interrupted and plan.gone:
@@ -229,12 +235,18 @@ class Reconciler:
                 continue
             abs_path = self.root / f.path
             try:
-                digest = file_hash(abs_path)
+                digest = self._hash(abs_path, f)
             except FileNotFoundError:
                 writes.append(Write("vanished", f, kind))
                 continue
             except OSError as e:
                 writes.append(Write("failed", f, kind, error=f"cannot read: {e.strerror or e}"))
+                continue
+            except (ImageError, OverBudget) as e:
+                if not abs_path.exists():
+                    writes.append(Write("vanished", f, kind))
+                else:
+                    writes.append(Write("failed", f, kind, error=e.reason))
                 continue
             rec = records.get(f.path)
             if kind == "changed" and rec and rec.hash == digest and rec.state == "ok" and rec.model == self.model:
@@ -254,7 +266,7 @@ class Reconciler:
         if to_embed:
             # One model call per distinct content: copies inside the chunk share the result.
             firsts = [files[0][1] for files in to_embed.values()]
-            results = self.embedder.embed_files([self.root / f.path for f in firsts])
+            results = self.embedder.embed_files([self.root / f.path for f in firsts], stop=self.stop)
             summary.embedded += sum(1 for r in results if not isinstance(r, ImageError))
             for (digest, files), result in zip(to_embed.items(), results, strict=True):
                 for i, (kind, f) in enumerate(files):
@@ -267,6 +279,14 @@ class Reconciler:
                             self._note_reuse(kind, f, summary, files[0][1].path)
                         writes.append(Write("ok", f, kind, digest, vector=np.asarray(result, dtype=np.float32)))
         self._commit(writes, summary)
+
+    def _hash(self, path: Path, f: DiskFile) -> str:
+        """The file's hash, within its budget (`simd.budget`). A file over 16 MB is first checked
+        to be an image no larger than the pixel size its header declares (ImageError), so a header
+        followed by gigabytes of zeros, or a video, is refused before it is read."""
+        if f.size > HEADER_BYTES:
+            check_file_size(path, budget=Budget(DECODE_SECONDS, self.stop, "reading the header"))
+        return file_hash(path, Budget(HASH_SECONDS, self.stop, "hashing"))
 
     @staticmethod
     def _note_reuse(kind: str, f: DiskFile, summary: Summary, twin: str | None = None) -> None:

@@ -6,17 +6,21 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-PHASES = ("starting", "scanning", "indexing", "idle", "offline")  # `state` in /api/status
+PHASES = ("starting", "scanning", "indexing", "idle", "offline", "retrying")  # `state` in /api/status
 
 
 @dataclass
 class Runtime:
+    """`pending` in the status is the files waiting: the current run's planned work not yet done
+    (`pending`) plus the paths handed to the indexer that no run has taken yet (`queued`)."""
+
     phase: str = "starting"
     pending: int = 0
     model: str | None = None
     dim: int | None = None
     progress: dict | None = None  # the current reconcile: {"phase", "done", "total", "started_at"}
     last_error: str | None = None
+    queued: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def update(self, **changes) -> None:
@@ -29,14 +33,15 @@ class Runtime:
                 setattr(self, key, value)
 
     def add_pending(self, n: int) -> None:
-        with self._lock:  # the watcher thread adds while the indexer thread counts down
-            self.pending = max(self.pending + n, 0)
+        """Paths queued (n > 0) or taken by a run (n < 0)."""
+        with self._lock:  # the watcher thread adds while the indexer thread takes
+            self.queued = max(self.queued + n, 0)
 
     def snapshot(self) -> dict:
         with self._lock:
             return {
                 "phase": self.phase,
-                "pending": self.pending,
+                "pending": self.pending + self.queued,
                 "model": self.model,
                 "dim": self.dim,
                 "progress": dict(self.progress) if self.progress else None,

@@ -23,6 +23,7 @@ import stat as stat_mod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simd.budget import Budget
 from simd.errors import LibraryOffline
 from simd.ignore import IgnoreRules
 from simd.paths import display_path
@@ -325,10 +326,16 @@ def _under_any(rel: str, folders: set[str]) -> bool:
     return False
 
 
-def file_hash(path: Path) -> str:
-    """BLAKE2b-128 of the bytes: content identity for reuse across renames, moves and copies."""
+def file_hash(path: Path, budget: Budget | None = None) -> str:
+    """BLAKE2b-128 of the bytes: content identity for reuse across renames, moves and copies.
+    `budget` is checked at every MB read: `budget.OverBudget` past its deadline, `Stopped` when its
+    stop event is set (a multi-GB file never holds the indexer, or a stop, for long)."""
     h = hashlib.blake2b(digest_size=16)
+    done = 0
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
+            done += len(chunk)
+            if budget is not None:
+                budget.check(done)
     return h.hexdigest()

@@ -175,9 +175,11 @@ class SearchService:
             uploads = self._uploads_embedded
         counts = self._store().counts(snap["model"])
         return {
-            "state": snap["phase"],
+            # the contract's states; a run the storage refused is work waiting: "indexing", retrying
+            "state": "indexing" if snap["phase"] == "retrying" else snap["phase"],
+            "retrying": snap["phase"] == "retrying",
             "indexed": counts["indexed"],
-            "pending": snap["pending"] + counts.get("stale", 0),
+            "pending": snap["pending"] + (0 if snap["progress"] else counts.get("stale", 0)),  # a run counts its own
             "failed": counts["failed"],
             "model": snap["model"] or "",
             "dim": snap["dim"] or 0,

@@ -1,8 +1,11 @@
 """The state dir: where a library's index lives, whose library it is, and which simd holds it.
 
 `StateDir.claim(config, role)` is how `simd serve` and `simd index` start: it checks the library,
-creates the state dir (0700) outside it, takes its lock and records the library the index belongs
-to. `find_state_dir` is how the read-only commands find an index to read.
+creates the state dir (0700) outside it, checks that it can write there, takes its lock, checks the
+index and records the library it belongs to. An index SQLite cannot read, or whose `PRAGMA
+quick_check` fails, is moved aside (`index.db.damaged-<time>`, never deleted) and a new one is built
+from the library; rows holding invalid vectors are reset and re-embedded (docs/RELIABILITY.md).
+`find_state_dir` is how the read-only commands find an index to read.
 
 The lock: one simd process per state dir. `simd serve` and `simd index` hold an exclusive `flock`
 on `<state dir>/simd.lock` for their lifetime (the kernel drops it when the process dies, even by
@@ -15,7 +18,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import sqlite3
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +30,17 @@ from simd import config as cfg
 from simd.errors import ConfigError, SimdError
 from simd.paths import is_inside
 from simd.store import Store
+from simd.storehealth import (
+    DamagedIndex,
+    damage_noted,
+    integrity_problem,
+    invalid_vectors,
+    is_damage,
+    move_aside,
+    reset_vectors,
+)
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "index.db"
 LOCK_NAME = "simd.lock"
@@ -55,13 +73,10 @@ class StateDir:
         if not root.exists() and not db.exists():
             # A typo, not an unmounted disk: there is no index of it to keep.
             raise SimdError(f"library {root} does not exist")
-        try:
-            state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise SimdError(f"cannot create state dir {state}: {e.strerror or e}") from None
+        _make_writable_dir(state)
         lock = StateLock(state).acquire(role=role, library=str(root))
         try:
-            _record_library(db, root, state)
+            _open_index(db, root, state)
         except BaseException:
             lock.release()
             raise
@@ -77,14 +92,59 @@ class StateDir:
         self.release()
 
 
-def _record_library(db: Path, root: Path, state: Path) -> None:
-    with Store(db) as store:
-        known = store.get_meta("library_root")
-        if known and known != str(root):
-            raise ConfigError(f"state dir {state} holds the index of {known}, not {root}; pass another --state-dir")
-        if not known:
-            with store.batch():
-                store.set_meta("library_root", str(root))
+def _make_writable_dir(state: Path) -> None:
+    """Create the state dir (0700) and check that simd can write in it: SimdError, one line, if not."""
+    if state.exists() and not state.is_dir():
+        raise SimdError(f"state dir {state} is a file, not a directory; remove it or pass another --state-dir")
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise SimdError(f"cannot create state dir {state}: {e.strerror or e}") from None
+    try:
+        with tempfile.TemporaryFile(dir=state, prefix=".simd-write-test-"):
+            pass
+    except OSError as e:
+        raise SimdError(f"cannot write in state dir {state}: {e.strerror or e}") from None
+
+
+def _open_index(db: Path, root: Path, state: Path) -> None:
+    """Check the index (a new one if none) and record whose it is; a damaged one is moved aside."""
+    try:
+        _check_index(db, root, state)
+    except DamagedIndex as e:
+        moved = move_aside(db)
+        log.error(
+            "the index %s is damaged (%s); moved it aside to %s (kept, not deleted) and rebuilding it from the library",
+            db,
+            e.reason,
+            moved.name,
+        )
+        _check_index(db, root, state)
+
+
+def _check_index(db: Path, root: Path, state: Path) -> None:
+    started = time.monotonic()
+    if (noted := damage_noted(db)) is not None:
+        raise DamagedIndex(db, noted)
+    try:
+        with Store(db) as store:
+            if problem := integrity_problem(store.db, quick=True):
+                raise DamagedIndex(db, f"PRAGMA quick_check: {problem}")
+            known = store.get_meta("library_root")
+            if known and known != str(root):
+                raise ConfigError(f"state dir {state} holds the index of {known}, not {root}; pass another --state-dir")
+            if not known:
+                with store.batch():
+                    store.set_meta("library_root", str(root))
+            if bad := invalid_vectors(store.db):
+                reset_vectors(store.db, [image_id for image_id, _ in bad])
+                first = ", ".join(f"id {i}: {what}" for i, what in bad[:3])
+                log.error("the index %s held %d invalid vectors (%s); they are re-embedded", db, len(bad), first)
+    except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            raise DamagedIndex(db, str(e)) from None
+        raise SimdError(f"cannot use the index {db}: {e}") from None
+    log.debug("index %s checked in %.2f s", db, time.monotonic() - started)
 
 
 def read_meta(state_dir: Path, key: str) -> str | None:
@@ -131,7 +191,10 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self, **info) -> StateLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise SimdError(f"cannot open the lock file {self.path}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -149,8 +212,11 @@ class StateLock:
         if self._fd is None:
             return
         data = json.dumps({"pid": os.getpid(), **info}).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, data, 0)
+        except OSError as e:  # a full disk: the lock holds all the same; `simd status` finds less
+            log.warning("cannot write %s: %s", self.path, e.strerror or e)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -20,6 +20,7 @@ caller's business (`paths.display_path`). Such rows sort after all others.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -32,6 +33,7 @@ from sqlite_utils import Database
 
 from simd import storeschema
 from simd.errors import NotFound, SimdError
+from simd.storehealth import DamagedIndex, is_damage, valid_rows
 from simd.storevalues import (
     VEC_DTYPE,
     FileRecord,
@@ -43,7 +45,10 @@ from simd.storevalues import (
     to_blob,
 )
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
+CLOSE_CHECKPOINT_MS = 2_000  # how long a closing writer waits for readers to let the WAL be emptied
 _INFO_COLUMNS = "id, path, size, mtime_ns, hash, state, error, model, dim, created_at, updated_at"
 _CHUNK = 500  # ids / paths per IN (...) statement, well under SQLite's variable limit
 
@@ -89,7 +94,11 @@ class Store:
                     str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
                 )
         except sqlite3.Error as e:
-            raise SimdError(f"cannot open the index {self.path}: {e}") from None
+            raise (
+                DamagedIndex(self.path, str(e))
+                if is_damage(e)
+                else SimdError(f"cannot open the index {self.path}: {e}")
+            ) from None
         self.db = Database(conn, execute_plugins=False)
         self.db.register_function(casefold, deterministic=True, name="simd_casefold")
         try:
@@ -104,13 +113,22 @@ class Store:
                 storeschema.migrate(self.db, self.path)
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise SimdError(f"cannot use the index {self.path}: {e}") from None
+            raise (
+                DamagedIndex(self.path, str(e)) if is_damage(e) else SimdError(f"cannot use the index {self.path}: {e}")
+            ) from None
         except BaseException:
             conn.close()
             raise
 
     def close(self) -> None:
+        """A writer first checkpoints and empties the WAL: after a clean stop, the file alone is the index."""
         with self._lock:
+            if not self.readonly:
+                try:
+                    self.db.execute(f"PRAGMA busy_timeout = {CLOSE_CHECKPOINT_MS}")
+                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except sqlite3.Error as e:  # busy readers, a full disk: the WAL stays, nothing is lost
+                    log.debug("%s: no checkpoint on close (%s)", self.path, e)
             self.db.close()
 
     def __enter__(self) -> Store:
@@ -188,8 +206,8 @@ class Store:
     def load_vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 (n,), vectors float32 (n, dim)) of the ok rows of `model`, by id.
 
-        Filled row by row into one preallocated array (no second copy of the matrix in RAM), in
-        one read transaction so the count and the rows agree. With no rows: shapes (0,), (0, 0).
+        Filled chunk by chunk into one preallocated array, in one read transaction. With no rows:
+        shapes (0,), (0, 0). Invalid vectors (`storehealth.valid_rows`) are left out, with a warning.
         """
         where = "model = ? AND state = 'ok' AND vector IS NOT NULL"
         with self._lock:
@@ -198,32 +216,31 @@ class Store:
                 self.db.execute("BEGIN")
             try:
                 dims = self.db.execute(
-                    f"SELECT dim, count(*) FROM images WHERE {where} GROUP BY dim", [model]
+                    f"SELECT dim, count(*) FROM images WHERE {where} GROUP BY dim ORDER BY count(*) DESC, dim",
+                    [model],
                 ).fetchall()
-                if len(dims) > 1:
-                    raise SimdError(
-                        f"the index holds vectors of several sizes for model {model}: {sorted(d for d, _ in dims)}"
-                    )
                 if not dims:
                     return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-                dim, n = int(dims[0][0]), int(dims[0][1])
+                dim, n = int(dims[0][0] or 0), int(dims[0][1])  # the model's size: most of its rows'
                 ids = np.empty(n, np.int64)
                 matrix = np.empty((n, dim), np.float32)
-                cursor = self.db.execute(f"SELECT id, vector FROM images WHERE {where} ORDER BY id", [model])
+                cursor = self.db.execute(
+                    f"SELECT id, vector FROM images WHERE {where} AND dim IS ? ORDER BY id", [model, dims[0][0]]
+                )
                 i = 0
                 while rows := cursor.fetchmany(4096):
-                    for image_id, blob in rows:
-                        if len(blob) != 4 * dim:
-                            raise SimdError(
-                                f"image {image_id}: stored vector has {len(blob)} bytes, expected {4 * dim}"
-                            )
-                        ids[i] = image_id
-                        matrix[i] = np.frombuffer(blob, dtype=VEC_DTYPE)
-                        i += 1
+                    good = [row for row, k in zip(rows, valid_rows([b for _, b in rows], dim), strict=True) if k]
+                    ids[i : i + len(good)] = [image_id for image_id, _ in good]
+                    matrix[i : i + len(good)] = np.frombuffer(b"".join(b for _, b in good), VEC_DTYPE).reshape(
+                        len(good), dim
+                    )
+                    i += len(good)
             finally:
                 if own_txn:
                     self.db.execute("COMMIT")
-        return ids, matrix
+        if skipped := sum(c for _, c in dims) - i:
+            log.warning("%s: %d stored vectors of %s are invalid and left out of the search", self.path, skipped, model)
+        return ids[:i], matrix[:i]
 
     def list_images(self, offset: int, limit: int, q: str = "", state: str | None = None) -> tuple[list[dict], int]:
         """A page of rows ordered by path, and the number matching; `q`: case-insensitive substring;
@@ -286,15 +303,6 @@ class Store:
         with self._lock:
             row = self.db.execute("SELECT dim FROM images WHERE state = 'ok' AND model = ? LIMIT 1", [model]).fetchone()
         return int(row[0]) if row and row[0] else 0
-
-    def integrity_ok(self) -> bool:
-        """PRAGMA integrity_check says 'ok' (a malformed file gives False, not an exception)."""
-        with self._lock:
-            try:
-                rows = self.db.execute("PRAGMA integrity_check").fetchall()
-            except sqlite3.DatabaseError:
-                return False
-        return [r[0] for r in rows] == ["ok"]
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -7,11 +7,14 @@ read-only reader also refuses one that is not there yet (it never writes).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlite_utils import Database
 
 from simd.errors import NotFound, SimdError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 # 2: `images.path` holds a name that is not valid UTF-8 as its exact bytes (a BLOB; see
@@ -83,3 +86,5 @@ def migrate(db: Database, path: Path) -> None:
     except BaseException:
         db.rollback()
         raise
+    if version < 1:
+        log.info("created a new, empty index in %s: every image of the library is embedded anew", path)

@@ -3,6 +3,12 @@
 Watcher paths and full-rescan requests are coalesced: whatever piled up while a run was busy
 becomes one run. It owns the only writer `Store` connection (created inside the thread, as SQLite
 connections belong to the thread that made them). Stopped with a sentinel and `join(timeout)`.
+
+A run whose writes the storage refused (disk full, I/O error, read-only: `storehealth.write_failure`)
+was rolled back chunk by chunk; its work is held and run again after 5 s, then 10, 20, ... up to
+5 minutes, and whatever arrives meanwhile joins it. Status says "retrying" with the reason. A run
+that finds the index damaged notes it beside the file and sets `damaged`: the daemon then exits
+with status 1, and the next start moves the file aside and rebuilds (`simd.statedir`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from simd.errors import LibraryOffline
@@ -19,6 +26,7 @@ from simd.indexer import MassDeletion, Reconciler
 from simd.runtime import Runtime
 from simd.scanner import has_entries
 from simd.store import Store
+from simd.storehealth import is_damage, note_damage, write_failure
 from simd.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -28,6 +36,27 @@ _FULL_CONFIRMED = object()  # a full reconcile that may delete most of the libra
 _STOP = object()
 OFFLINE_RETRY_SECONDS = 5.0
 MASS_DELETE_RETRY_SECONDS = 60.0  # a refused mass deletion is retried this often (a remount is seen at once)
+RETRY_FIRST_SECONDS = 5.0  # after a failed write; doubled at each failure in a row
+RETRY_MAX_SECONDS = 300.0
+
+
+@dataclass(slots=True)
+class _Work:
+    """What one run does: a full reconcile (`full`; `confirmed`: it may delete most of the library)
+    or these `paths`; `taken`: how many queued paths it took off the pending count."""
+
+    full: bool = False
+    paths: set[str] = field(default_factory=set)
+    taken: int = 0
+    confirmed: bool = False
+
+    def merged(self, other: _Work) -> _Work:
+        return _Work(
+            self.full or other.full,
+            self.paths | other.paths,
+            self.taken + other.taken,
+            self.confirmed or other.confirmed,
+        )
 
 
 class IndexWorker:
@@ -52,9 +81,13 @@ class IndexWorker:
         self._thread = threading.Thread(target=self._run, name="simd-indexer", daemon=True)
         self.last_beat = time.monotonic()
         self.runs = 0  # completed runs, for tests and status
+        self.damaged: str | None = None  # what a run found damaged in the index: the daemon restarts
         self._offline_since: float | None = None
         self._retry_after = OFFLINE_RETRY_SECONDS
         self._last_offline = ""
+        self._retry_at: float | None = None  # a failed write's work waits until then
+        self._retry_delay = 0.0
+        self._held = _Work()  # the work of a run the storage refused, held until the retry
 
     # -- control (any thread)
     def start(self) -> None:
@@ -68,8 +101,8 @@ class IndexWorker:
 
     def submit(self, paths: set[str]) -> None:
         if paths:
+            self.runtime.add_pending(len(paths))  # counted as pending until a run takes them
             self._queue.put(set(paths))
-            self.runtime.add_pending(len(paths))
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Ask the thread to finish the chunk in flight (or drop it) and exit; True if it did."""
@@ -117,30 +150,43 @@ class IndexWorker:
                 except queue.Empty:
                     self._beat()
                     self._retry_if_back_online()
-                    continue
-                full, paths, confirmed = self._drain(item)
+                    if self._retry_at is None or time.monotonic() < self._retry_at or self._stop.is_set():
+                        continue
+                    item = set()  # the held work is due
+                work = self._drain(item).merged(self._held)
                 if self._stop.is_set():
                     break
-                self._one_run(reconciler, None if full else paths, confirmed)
+                if self._retry_at is not None and time.monotonic() < self._retry_at:
+                    self._held = work  # the storage refused the last run: wait with it
+                    continue
+                self._held = _Work()
+                self._one_run(reconciler, work)
+                if self.damaged:
+                    break
 
-    def _drain(self, first) -> tuple[bool, set[str], bool]:
-        full, paths, confirmed, item = False, set(), False, first
+    def _drain(self, first) -> _Work:
+        work, item = _Work(), first
         while True:
             if item is _STOP:
                 self._stop.set()
             elif item is _FULL or item is _FULL_CONFIRMED:
-                full, confirmed = True, confirmed or item is _FULL_CONFIRMED
+                work.full, work.confirmed = True, work.confirmed or item is _FULL_CONFIRMED
             else:
-                paths |= item
+                work.paths |= item
+                work.taken += len(item)
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return full, paths, confirmed
+                return work
 
-    def _one_run(self, reconciler: Reconciler, paths: set[str] | None, confirmed: bool = False) -> None:
+    def _one_run(self, reconciler: Reconciler, work: _Work) -> None:
+        paths = None if work.full else work.paths
         self._beat()
+        self.runtime.add_pending(-work.taken)  # from now on the run's plan counts them
         try:
-            summary = reconciler.run(paths, allow_mass_delete=confirmed)
+            if reconciler.store.get_meta("model") != reconciler.model:
+                reconciler.store.set_meta("model", reconciler.model)
+            summary = reconciler.run(paths, allow_mass_delete=work.confirmed)
         except LibraryOffline as e:
             if str(e) != self._last_offline:  # a retry that finds the same is not news
                 log.warning("%s", e)
@@ -150,13 +196,21 @@ class IndexWorker:
             self.runtime.update(phase="offline", pending=0, progress=None, last_error=str(e))
             return
         except Exception as e:  # a bug or a resource error must not kill the only writer
-            log.exception("reconcile failed")
-            self.runtime.update(phase="idle", pending=0, progress=None, last_error=f"reconcile failed: {e}")
+            if is_damage(e):
+                self._on_damage(str(e))
+            elif (reason := write_failure(e)) is not None:
+                self._on_write_failure(reason, work)
+            else:
+                log.exception("reconcile failed")
+                self.runtime.update(phase="idle", pending=0, progress=None, last_error=f"reconcile failed: {e}")
             return
         finally:
             self._beat()
         self.runs += 1
         self._offline_since, self._last_offline = None, ""
+        if self._retry_at is not None:
+            log.info("the index is written again; indexing resumed")
+            self._retry_at, self._retry_delay = None, 0.0
         if summary.interrupted:
             return
         still_queued = self._queue.qsize()
@@ -165,6 +219,31 @@ class IndexWorker:
             log.info(
                 "%s: %s (%.1f s)", "reconcile" if paths is None else "indexed", summary.describe(), summary.seconds
             )
+
+    def _on_write_failure(self, reason: str, work: _Work) -> None:
+        """The storage refused a write (rolled back): hold the run's work and retry it later."""
+        first = self._retry_at is None
+        self._retry_delay = RETRY_FIRST_SECONDS if first else min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._held = self._held.merged(_Work(work.full, set(work.paths), 0, work.confirmed))
+        waiting = self.runtime.snapshot()["pending"]
+        (log.error if first else log.warning)(
+            "cannot write the index: %s; files waiting: %d; retrying in %.0f s", reason, waiting, self._retry_delay
+        )
+        self.runtime.update(  # progress stays: what the run had done
+            phase="retrying",
+            last_error=f"cannot write the index: {reason}; retried by itself, next in {self._retry_delay:.0f} s",
+        )
+
+    def _on_damage(self, reason: str) -> None:
+        log.error(
+            "the index %s is damaged (%s); simd stops, and its next start moves it aside and rebuilds it",
+            self.db_path,
+            reason,
+        )
+        note_damage(self.db_path, reason)
+        self.damaged = reason
+        self.runtime.update(progress=None, last_error=f"the index is damaged: {reason}")
 
     def _retry_if_back_online(self) -> None:
         if self._offline_since is None or time.monotonic() - self._offline_since < self._retry_after:

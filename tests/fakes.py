@@ -22,7 +22,8 @@ class PixelEmbedder:
         v = np.asarray(img.resize((8, 8)), dtype=np.float32).reshape(-1) + 1.0
         return v / np.linalg.norm(v)
 
-    def embed_files(self, paths):
+    def embed_files(self, paths, *, stop=None):
+        from simd.budget import DECODE_SECONDS, Budget
         from simd.errors import ImageError
         from simd.imaging import open_image
 
@@ -32,7 +33,7 @@ class PixelEmbedder:
             self.images_embedded += len(paths)
         for p in paths:
             try:
-                out.append(self._vec(open_image(p)))
+                out.append(self._vec(open_image(p, budget=Budget(DECODE_SECONDS, stop, "decoding"))))
             except ImageError as e:
                 out.append(e)
         return out

@@ -79,6 +79,11 @@ SCHEMAS = {
         "required": ["state", "indexed", "pending", "failed", "model", "dim", "library"],
         "properties": {
             "state": {"enum": ["starting", "scanning", "indexing", "idle", "offline"]},
+            "retrying": {
+                "type": "boolean",
+                "description": "The storage refused the last write (disk full, I/O error, read-only): the "
+                "waiting work is retried by itself (state says indexing; last_error says why).",
+            },
             "indexed": {"type": "integer"},
             "pending": {"type": "integer"},
             "failed": {"type": "integer"},

@@ -4,15 +4,20 @@ A thumbnail is named after the image id, the size and the source's (mtime_ns, si
 file gets a new one and the old one is removed. Each is written to a unique temporary name and
 renamed into place (`imaging.thumbnail`), so concurrent requests (threads or processes) never see
 a partial file; within the process a per-key lock keeps two threads from building the same one twice.
+A thumbnail that cannot be written (a full disk, a read-only state dir) answers 503 with the reason.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
 
 from simd import imaging
+from simd.errors import NotReady
+
+log = logging.getLogger(__name__)
 
 MAX_SIDE = 256
 
@@ -42,8 +47,12 @@ class ThumbCache:
             with lock:
                 if dest.is_file():
                     return dest
-                dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                imaging.thumbnail(src, dest, max_side=self.max_side)  # temp file + os.replace
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    imaging.thumbnail(src, dest, max_side=self.max_side)  # temp file + os.replace
+                except OSError as e:  # the state dir's fault, not the image's: no path to the client
+                    log.warning("cannot write the thumbnail %s: %s", dest, e.strerror or e)
+                    raise NotReady(f"cannot store the thumbnail now ({e.strerror or e}); try again later") from None
                 self.built += 1
                 self._prune_older(image_id, dest)
                 return dest

@@ -12,6 +12,7 @@
   const MAX_UPLOAD = Number(document.body.dataset.maxUpload) || 0;
   const STATE_LABEL = {
     starting: "Starting", scanning: "Scanning", indexing: "Indexing", idle: "Idle", offline: "Library offline",
+    retrying: "Cannot write the index; retrying",
   };
 
   let lastStatus = null;
@@ -273,6 +274,7 @@
   // -- status line -----------------------------------------------------------------------------------
   function renderStatus(st) {
     const el = $("status");
+    if (st.retrying) st = Object.assign({}, st, { state: "retrying" }); // the index cannot be written now
     el.dataset.state = st.state;
     el.dataset.indexed = String(st.indexed);
     const total = typeof st.total === "number" ? st.total : st.indexed + st.failed + st.pending;
