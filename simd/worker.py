@@ -136,7 +136,8 @@ class IndexWorker:
                     self._held = (full, paths, taken)  # the storage refused the last run: wait with it
                     continue
                 self._held = (False, set(), 0)
-                self._one_run(reconciler, None if full else paths, taken)
+                self.runtime.add_pending(-taken)  # from now on the run's plan counts them
+                self._one_run(reconciler, None if full else paths)
                 if self.damaged:
                     break
 
@@ -155,9 +156,8 @@ class IndexWorker:
             except queue.Empty:
                 return full, paths, taken
 
-    def _one_run(self, reconciler: Reconciler, paths: set[str] | None, taken: int = 0) -> None:
+    def _one_run(self, reconciler: Reconciler, paths: set[str] | None) -> None:
         self._beat()
-        self.runtime.add_pending(-taken)  # from now on the run's plan counts them
         try:
             if reconciler.store.get_meta("model") != reconciler.model:
                 reconciler.store.set_meta("model", reconciler.model)

@@ -350,6 +350,31 @@ def test_damage_met_while_running_stops_the_worker_and_the_next_start_rebuilds(l
     assert Path(f"{kept}.suspect").exists() and not Path(f"{db}.suspect").exists()
 
 
+def test_simd_index_says_in_one_line_that_the_disk_refused(library, state_dir, monkeypatch, capsys):
+    """`simd index` runs once: a refused write ends it with one line, exit 1, and what was written
+    before is kept (injected at the store boundary, with the pixel embedder)."""
+    from simd import cli
+    from simd.embedder import Embedder
+
+    for i in range(3):
+        make_photo(library / f"p{i}.jpg", seed=i)
+    monkeypatch.setattr(Embedder, "from_config", classmethod(lambda cls, config: PixelEmbedder()))
+
+    def full(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "put_ok", full)
+    code = cli.main(["index", str(library), "--state-dir", str(state_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == [
+        f"simd: cannot write the index {state_dir / 'index.db'}: database or disk is full; "
+        "run `simd index` again when it can be"
+    ], err
+    monkeypatch.undo()
+    monkeypatch.setattr(Embedder, "from_config", classmethod(lambda cls, config: PixelEmbedder()))
+    assert cli.main(["index", str(library), "--state-dir", str(state_dir)]) == 0
+
+
 def test_pending_counts_the_queued_paths_and_the_planned_work():
     runtime = Runtime(phase="indexing")
     runtime.update(pending=61)  # the current run: 61 files left of its plan
