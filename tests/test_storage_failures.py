@@ -82,6 +82,20 @@ def test_a_header_followed_by_zeros_is_refused_in_a_moment(tmp_path, phone_jpeg)
     assert open_image(phone_jpeg, draft_size=(576, 576)).size[0] >= 576
 
 
+def test_large_real_images_are_within_their_budget(tmp_path):
+    """20 MB of noise as PNG and as lossless WebP (whose decoder reads the whole file before it tells
+    the size): both over the 16 MB header allowance, both decode."""
+    from PIL import Image
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (2600, 2600, 3), dtype=np.uint8))
+    for name, kw in (("noise.png", {"compress_level": 1}), ("noise.webp", {"lossless": True, "method": 0})):
+        path = tmp_path / name
+        noise.save(path, **kw)
+        assert path.stat().st_size > 16 << 20
+        check_file_size(path)
+        assert open_image(path).size == (2600, 2600)
+
+
 def test_reads_stop_at_the_deadline_and_at_the_stop_event(tmp_path, phone_jpeg):
     with pytest.raises(ImageError, match=r"timed out: decoding took longer than 0 s"):
         open_image(phone_jpeg, budget=Budget(0, what="decoding"))
