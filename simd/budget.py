@@ -22,6 +22,7 @@ from typing import BinaryIO
 HASH_SECONDS = 120.0  # reading and hashing one file (about 10 GB at local-disk speed)
 DECODE_SECONDS = 60.0  # decoding one image (a 120 MP PNG takes a few seconds on one core)
 HEADER_BYTES = 16 << 20  # what a decoder may read before it knows the pixel size (metadata, ICC, XMP)
+WHOLE_FILE_BYTES = 256 << 20  # formats whose decoder reads the whole file first (WebP, HEIF, AVIF)
 BYTES_PER_PIXEL = 64  # no single image needs more (float32 RGBA is 16): beyond, it is not a picture
 BYTEWISE_MAX = 256 << 10  # one-byte reads in a row: a decoder skipping junk in search of a marker
 

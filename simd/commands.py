@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from simd import config as cfg
@@ -16,6 +19,7 @@ from simd.progress import ProgressBar
 from simd.search import SearchService
 from simd.statedir import StateDir, db_path, find_state_dir
 from simd.store import Store
+from simd.storehealth import is_damage, note_damage, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ def cmd_index(config: cfg.Config, args) -> int:
     with StateDir.claim(config, "index") as state_dir:
         embedder = Embedder.from_config(config)
         bar = ProgressBar()
-        with Store(state_dir.db) as store:
+        with Store(state_dir.db) as store, _storage_errors(state_dir.db):
             try:
                 with store.batch():
                     store.set_meta("model", embedder.model_id)
@@ -58,6 +62,23 @@ def cmd_index(config: cfg.Config, args) -> int:
             f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s"
         )
     return 0
+
+
+@contextlib.contextmanager
+def _storage_errors(db: Path) -> Iterator[None]:
+    """A write the disk refused, or damage met while indexing: one line (the chunk in flight was
+    rolled back; every chunk before it is kept)."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        if (reason := write_failure(e)) is not None:
+            raise SimdError(f"cannot write the index {db}: {reason}; run `simd index` again when it can be") from None
+        if is_damage(e):
+            note_damage(db, str(e))
+            raise SimdError(
+                f"the index {db} is damaged ({e}); run `simd index` again: it is moved aside and rebuilt"
+            ) from None
+        raise
 
 
 # -- read-only commands: find the index first

@@ -25,7 +25,16 @@ from typing import BinaryIO, cast
 import numpy as np
 from PIL import Image, features
 
-from simd.budget import DECODE_SECONDS, Budget, BudgetReader, OverBudget, Stopped, bytes_for_pixels, megabytes
+from simd.budget import (
+    DECODE_SECONDS,
+    WHOLE_FILE_BYTES,
+    Budget,
+    BudgetReader,
+    OverBudget,
+    Stopped,
+    bytes_for_pixels,
+    megabytes,
+)
 from simd.config import MAX_IMAGE_PIXELS
 from simd.errors import ImageError
 from simd.formats import (
@@ -237,6 +246,10 @@ def _decoding(name: str, reader: BudgetReader) -> Iterator[tuple[str, bytes]]:
     if not _plugin_available(fmt):
         extra = "the pillow-heif plugin (pip install pillow-heif)" if fmt == "heif" else "AVIF support"
         raise ImageError(name, f"{fmt.upper()} image, but this installation lacks {extra}")
+    if fmt in ("webp", "heif", "avif"):  # their decoders take the whole file before they say its size
+        reader.allow(
+            WHOLE_FILE_BYTES, f"a {fmt.upper()} file over {megabytes(WHOLE_FILE_BYTES)}: no picture needs that"
+        )
     try:
         with _pillow_warnings_silenced():
             yield fmt, head

@@ -112,7 +112,10 @@ def _open_index(db: Path, root: Path, state: Path) -> None:
     try:
         _check_index(db, root, state)
     except DamagedIndex as e:
-        moved = move_aside(db)
+        try:
+            moved = move_aside(db)
+        except OSError as moving:
+            raise SimdError(f"{e.message}; it cannot be moved aside: {moving.strerror or moving}") from None
         log.error(
             "the index %s is damaged (%s); moved it aside to %s (kept, not deleted) and rebuilding it from the library",
             db,

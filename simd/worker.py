@@ -160,6 +160,7 @@ class IndexWorker:
                     self._held = work  # the storage refused the last run: wait with it
                     continue
                 self._held = _Work()
+                self.runtime.add_pending(-work.taken)  # from now on the run's plan counts them
                 self._one_run(reconciler, work)
                 if self.damaged:
                     break
@@ -182,7 +183,6 @@ class IndexWorker:
     def _one_run(self, reconciler: Reconciler, work: _Work) -> None:
         paths = None if work.full else work.paths
         self._beat()
-        self.runtime.add_pending(-work.taken)  # from now on the run's plan counts them
         try:
             if reconciler.store.get_meta("model") != reconciler.model:
                 reconciler.store.set_meta("model", reconciler.model)

@@ -82,6 +82,20 @@ def test_a_header_followed_by_zeros_is_refused_in_a_moment(tmp_path, phone_jpeg)
     assert open_image(phone_jpeg, draft_size=(576, 576)).size[0] >= 576
 
 
+def test_large_real_images_are_within_their_budget(tmp_path):
+    """20 MB of noise as PNG and as lossless WebP (whose decoder reads the whole file before it tells
+    the size): both over the 16 MB header allowance, both decode."""
+    from PIL import Image
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (2600, 2600, 3), dtype=np.uint8))
+    for name, kw in (("noise.png", {"compress_level": 1}), ("noise.webp", {"lossless": True, "method": 0})):
+        path = tmp_path / name
+        noise.save(path, **kw)
+        assert path.stat().st_size > 16 << 20
+        check_file_size(path)
+        assert open_image(path).size == (2600, 2600)
+
+
 def test_reads_stop_at_the_deadline_and_at_the_stop_event(tmp_path, phone_jpeg):
     with pytest.raises(ImageError, match=r"timed out: decoding took longer than 0 s"):
         open_image(phone_jpeg, budget=Budget(0, what="decoding"))
@@ -348,6 +362,31 @@ def test_damage_met_while_running_stops_the_worker_and_the_next_start_rebuilds(l
     [kept] = damaged_copies(state_dir)
     assert "is damaged (database disk image is malformed); moved it aside" in caplog.text
     assert Path(f"{kept}.suspect").exists() and not Path(f"{db}.suspect").exists()
+
+
+def test_simd_index_says_in_one_line_that_the_disk_refused(library, state_dir, monkeypatch, capsys):
+    """`simd index` runs once: a refused write ends it with one line, exit 1, and what was written
+    before is kept (injected at the store boundary, with the pixel embedder)."""
+    from simd import cli
+    from simd.embedder import Embedder
+
+    for i in range(3):
+        make_photo(library / f"p{i}.jpg", seed=i)
+    monkeypatch.setattr(Embedder, "from_config", classmethod(lambda cls, config: PixelEmbedder()))
+
+    def full(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "put_ok", full)
+    code = cli.main(["index", str(library), "--state-dir", str(state_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == [
+        f"simd: cannot write the index {state_dir / 'index.db'}: database or disk is full; "
+        "run `simd index` again when it can be"
+    ], err
+    monkeypatch.undo()
+    monkeypatch.setattr(Embedder, "from_config", classmethod(lambda cls, config: PixelEmbedder()))
+    assert cli.main(["index", str(library), "--state-dir", str(state_dir)]) == 0
 
 
 def test_pending_counts_the_queued_paths_and_the_planned_work():
