@@ -8,6 +8,7 @@ the library holds proves that this kill landed while it was indexing, whatever t
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -67,18 +69,36 @@ def count(db: Path) -> int:
         return 0
 
 
-def serve(lib: Path, state: Path, log: Path) -> subprocess.Popen:
+def serve(lib: Path, state: Path, log: Path, port: int = 0) -> subprocess.Popen:
     env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3", "SIMD_SETTLE_SECONDS": "0.5"}
-    args = [sys.executable, "-m", "simd", "serve", str(lib), "--state-dir", str(state), "--port", str(free_port())]
+    args = [sys.executable, "-m", "simd", "serve", str(lib), "--state-dir", str(state)]
     with open(log, "ab") as out:
-        return subprocess.Popen([*args, "--model", "efficientnet-lite0"], stdout=out, stderr=out, env=env)
+        return subprocess.Popen(
+            [*args, "--port", str(port or free_port()), "--model", "efficientnet-lite0"],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+
+
+def idle_status(port: int) -> dict | None:
+    """The daemon's status once it has finished its startup reconcile, else None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as r:
+            st = json.load(r)
+    except (OSError, ValueError):
+        return None
+    return st if st["state"] == "idle" and st["pending"] == 0 and st.get("progress") is None else None
 
 
 def run_to_idle(lib: Path, state: Path, log: Path, expected: int, timeout: float = 600) -> None:
-    proc = serve(lib, state, log)
+    """Start simd serve, wait until it has reconciled the library (the index may be complete before
+    it starts: its own status says when it is done), and stop it with SIGTERM."""
+    port = free_port()
+    proc = serve(lib, state, log, port)
     try:
         deadline = time.monotonic() + timeout
-        while count(state / "index.db") < expected:
+        while idle_status(port) is None or count(state / "index.db") < expected:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the daemon did not finish indexing"
             time.sleep(0.5)
