@@ -208,10 +208,10 @@ def errors():
 
 @bp.post("/api/rescan")
 def rescan():
-    confirm = request.args.get("confirm_deletions", "0").strip().lower()
-    if confirm not in ("0", "1", "false", "true", ""):
-        raise BadRequest(f"confirm_deletions must be 1 or 0, got {confirm!r}")
-    service().rescan(confirm_deletions=confirm in ("1", "true"))
+    confirm = request.args.get("confirm_deletions", "")
+    if confirm not in ("0", "1", ""):  # empty: not given, as for every parameter
+        raise BadRequest(f"confirm_deletions must be 1 or 0, got {shown(confirm)}")
+    service().rescan(confirm_deletions=confirm == "1")
     return {"ok": True, "message": "a full rescan of the library was requested"}, 202
 
 

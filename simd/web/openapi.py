@@ -323,7 +323,7 @@ PATHS = {
             [
                 _q(
                     "confirm_deletions",
-                    {"enum": ["0", "1"], "default": "0"},
+                    {"enum": ["0", "1", ""], "default": "0"},
                     "1: the reconcile may delete most of the library at once (files really deleted; "
                     "otherwise that is refused as an unmounted disk, and status says so).",
                 )
