@@ -293,6 +293,32 @@ def test_server_stop_from_another_thread(env):
     assert srv.stop()  # twice is fine
 
 
+def test_stop_after_waitress_closed_the_listening_socket(env):
+    """waitress closes its server, and the server's trigger with it, when accepting a connection
+    raises an error it does not handle. stop() must still close the rest (here an idle client) and
+    return, without writing to the trigger's closed descriptor."""
+    srv = Server(create_app(web_config(), env.service), "127.0.0.1", 0, threads=2).start()
+    assert _http(f"{srv.url}/healthz")[0] == 200
+    idle = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    try:
+        closed = threading.Event()
+
+        def close_the_server():  # run in the loop's thread, as waitress's handle_error would
+            srv._servers[0].handle_close()
+            closed.set()
+
+        srv._trigger.pull_trigger(close_the_server)
+        assert closed.wait(5) and srv._trigger._closed
+        assert srv.stop(timeout=5)
+        idle.settimeout(5)
+        try:
+            assert idle.recv(1) == b""  # the idle connection was closed too
+        except ConnectionResetError:
+            pass  # closed with its request unread: a reset
+    finally:
+        idle.close()
+
+
 def test_stop_before_run(env):
     srv = Server(create_app(web_config(), env.service), "127.0.0.1", 0)
     srv.stop()

@@ -326,10 +326,13 @@ class Server:
                 already, self._closing = False, True
             running = self._running.is_set()
         if not already:
-            if running:
-                # close the sockets in the loop's own thread, which then leaves its loop (map empty)
-                self._trigger.pull_trigger(self._close_all)
-            else:
+            if running and not self._pull_trigger():
+                # the loop's trigger is gone: the listening socket hit an error it could not handle
+                # (waitress then closes the server and its trigger). The rest is closed from here; a
+                # loop that still polls sees its sockets closed and its map empty, and leaves.
+                log.debug("the HTTP server's trigger is closed; closing its connections from this thread")
+                self._close_all()
+            elif not running:
                 self._close_all()
                 self._dispatcher.shutdown(cancel_pending=True, timeout=5)
         if running and threading.current_thread() is not self._thread:
@@ -338,6 +341,17 @@ class Server:
         if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return self._thread is None or not self._thread.is_alive()
+
+    def _pull_trigger(self) -> bool:
+        """Ask the loop's thread to close everything; False when its trigger is already closed."""
+        trigger = self._trigger
+        if getattr(trigger, "_closed", False):  # its descriptor numbers may belong to other files now
+            return False
+        try:
+            trigger.pull_trigger(self._close_all)
+        except OSError:
+            return False
+        return True
 
     def _close_all(self) -> None:
         for obj in list(self._map.values()):
