@@ -151,7 +151,7 @@ class Daemon:
         next_reconcile = time.monotonic() + self.config.reconcile_interval
         while not self.stop_event.wait(0.25):
             now = time.monotonic()
-            if self.worker is not None and self.worker.damaged:
+            if (self.worker is not None and self.worker.damaged) or (self.service is not None and self.service.damaged):
                 log.error("stopping: the index is damaged; the next start moves it aside and rebuilds it")
                 self.exit_code = 1  # systemd's Restart=on-failure starts simd again
                 return

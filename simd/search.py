@@ -7,6 +7,7 @@ in-RAM `VectorIndex` the indexer keeps in step. The indexer and daemon publish t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -24,7 +25,10 @@ from simd.paths import display_path, from_display, real_path_inside
 from simd.runtime import Runtime
 from simd.statedir import db_path
 from simd.store import Store
+from simd.storehealth import DamagedIndex, note_damage
 from simd.vectors import VectorIndex
+
+log = logging.getLogger(__name__)
 
 K_MAX = 100
 LIMIT_MAX = 500  # rows of a page of /api/images
@@ -123,6 +127,7 @@ class SearchService:
         self._local = threading.local()
         self._uploads_embedded = 0  # query uploads sent through the network (not indexing work)
         self._uploads_lock = threading.Lock()
+        self.damaged: str | None = None  # what a read found damaged in the index: the daemon restarts
 
     @classmethod
     def open(cls, state_dir: Path) -> SearchService:
@@ -161,6 +166,21 @@ class SearchService:
     def set_embedder(self, embedder: Any) -> None:
         """The model that embeds uploads (None: uploads answer NotReady, as while it loads)."""
         self._embedder = embedder
+
+    def report_damage(self, reason: str) -> DamagedIndex:
+        """A read met a damaged index (SQLite: malformed, not a database). Noted beside the file as
+        the writer does, so that the daemon stops and its next start moves the index aside and
+        rebuilds it; the request gets the returned error (503), not a 500."""
+        if self.damaged is None:
+            log.error(
+                "a read found the index %s damaged (%s); simd stops, and its next start moves it aside and rebuilds it",
+                self.db_path,
+                reason,
+            )
+            note_damage(self.db_path, reason)
+            self.damaged = reason
+            self.runtime.update(last_error=f"the index is damaged: {reason}")
+        return DamagedIndex(self.db_path, f"{reason}; simd restarts and rebuilds it")
 
     # -- store access: one read-only connection per thread (sqlite connections are not shared)
     def _store(self) -> Store:

@@ -634,3 +634,62 @@ def test_an_unusable_state_dir_is_one_line_and_exit_1(tmp_path, library):
             one_line_error(done, f"cannot write in state dir {shared / 'state'}: Permission denied")
         finally:
             shutil.rmtree(shared)
+
+
+# -- damage met by a read, while serving ---------------------------------------------------------
+
+
+def damage_table_root(db: Path, table: str = "images") -> None:
+    """Random bytes over the table's root page: every read of the table meets them."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    with open(db, "r+b") as f:
+        f.seek(page_size * (root - 1))
+        f.write(np.random.default_rng(1).bytes(page_size))
+
+
+def test_a_read_that_meets_damage_answers_503_and_notes_it_for_the_rebuild(tmp_path, phone_jpeg, caplog):
+    """A real waitress server over a real SQLite file whose table pages are overwritten while it
+    serves: the request gets 503 index_damaged (not a 500 and a traceback), the damage is noted
+    beside the file as the writer notes it, so the daemon stops and its next start rebuilds."""
+    from webfixtures import build_env, web_config
+
+    from simd.web import create_app
+    from simd.web.server import Server
+
+    env = build_env(tmp_path, count=3, size=(320, 240))
+    shutil.copyfile(phone_jpeg, env.path_of("PXL_20260601_120000.jpg"))
+    iid = env.add("PXL_20260601_120000.jpg")
+    server = Server(create_app(web_config(), env.service), "127.0.0.1", 0, threads=2).start()
+    try:
+        damage_table_root(env.db)
+        with caplog.at_level(logging.ERROR, logger="simd"):
+            for query in (f"/api/similar?id={iid}", "/api/status", "/api/similar?path=PXL_20260601_120000.jpg"):
+                status, body = http(server.url + query)
+                assert status == 503, (query, body)
+                assert body["error"]["code"] == "index_damaged", body
+                assert "restarts and rebuilds" in body["error"]["message"]
+        assert env.service.damaged and "malformed" in env.service.damaged
+        assert Path(f"{env.db}.suspect").read_text().strip() == env.service.damaged
+        assert env.runtime.snapshot()["last_error"].startswith("the index is damaged")
+        assert caplog.text.count("a read found the index") == 1  # once, not once per request
+        assert "Traceback" not in caplog.text and "unexpected error" not in caplog.text
+    finally:
+        assert server.stop()
+
+
+def test_the_daemon_stops_with_exit_1_when_a_read_found_damage(tmp_path, library):
+    """The daemon's loop, with a real search service that a request found damaged (as above)."""
+    from simd.daemon import Daemon
+    from simd.search import SearchService
+
+    config = cfg.load(None, {"library": str(library), "state_dir": str(tmp_path / "state")}, environ={})
+    daemon = Daemon(config)
+    daemon.service = SearchService(tmp_path / "index.db", library, tmp_path, daemon.runtime)
+    daemon.service.report_damage("database disk image is malformed")
+    finished = threading.Event()
+    threading.Thread(target=lambda: (daemon._loop(), finished.set()), daemon=True).start()
+    assert finished.wait(5), "the loop must end by itself"
+    assert daemon.exit_code == 1 and Path(tmp_path / "index.db.suspect").exists()

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from simd import __version__
 from simd.config import Config, is_loopback
 from simd.errors import Busy, SimdError
+from simd.storehealth import is_damage
 from simd.web import api, pages
 from simd.web.context import HTTP_CODES, SECURITY_HEADERS, WebContext, context, error_response
 
@@ -179,5 +180,8 @@ def _too_large_message() -> str:
 def _unexpected_error(e: Exception):
     if isinstance(e, HTTPException):  # pragma: no cover - Flask routes these to _http_error
         return _http_error(e)
+    report_damage = getattr(context().service, "report_damage", None)
+    if report_damage is not None and is_damage(e):  # a page SQLite cannot read: 503; the daemon rebuilds
+        return _simd_error(report_damage(str(e)))
     log.exception("unexpected error on %s %s", request.method, request.path)
     return error_response(500, "internal_error", "internal error; see the server log")
