@@ -25,6 +25,7 @@ def _common(p: argparse.ArgumentParser, *, library: bool = False, model: bool = 
     if model:
         p.add_argument("--model", choices=cfg.MODELS, help="backbone (default auto)")
         p.add_argument("--descriptor", choices=cfg.DESCRIPTORS, help="default, or seed (the original method)")
+        p.add_argument("--runtime", choices=cfg.RUNTIMES, help="what runs the network (default onnxruntime)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> cfg.Config:
     flags = {}
-    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "log_level"):
+    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "runtime", "log_level"):
         value = getattr(args, name, None)
         if value is not None:
             flags[name] = value
