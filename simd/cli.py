@@ -143,6 +143,12 @@ def cmd_models() -> int:
         dim = m["classes"] if desc.logits and m["classes"] else m["dim"]
         sizes = "+".join(f"{round(m['input_size'] * s)}" for s in desc.scales)
         print(f"{m['id']:<20} vectors {dim}-d  input {sizes}px  weights: {mark} ({m['weights_source']})")
+    if config.runtime == "onnxruntime":
+        from simd.backbones.onnx import cache_dir, ort_version
+
+        print(f"runtime: onnxruntime {ort_version()} (converted once, cached in {cache_dir(config.model_cache)})")
+    else:
+        print("runtime: tensorflow")
     return 0
 
 
