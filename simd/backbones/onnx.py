@@ -29,6 +29,7 @@ NAME = "onnxruntime"
 FORMAT = 1  # bump when the conversion changes in a way the other key parts do not show
 OPSET = 17
 CACHE_ENV = "SIMD_MODEL_CACHE"
+_unavailable: str | None = None  # why onnxruntime cannot be imported, once that is known
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -100,6 +101,9 @@ def open_network(
     TensorFlow imported); else, given ``convert_from`` (a ``TFNetwork``), converted and cached
     where the cache can be written. None when the cache lacks a size and there is nothing to
     convert from, or when conversion or ONNX Runtime fails (with one WARNING saying why)."""
+    global _unavailable
+    if _unavailable:
+        return None
     folder = cache_dir(cache)
     sessions: dict[int, Any] = {}
     missing: list[tuple[int, Path | None]] = []
@@ -111,7 +115,8 @@ def open_network(
                 missing.append((size, path))
             else:
                 sessions[size] = session
-    except ImportError as e:
+    except ImportError as e:  # said once: the caller asks again after building the TF network
+        _unavailable = str(e)
         log.warning("onnxruntime cannot be used (%s); running on TensorFlow", e)
         return None
     if not missing:

@@ -6,7 +6,7 @@ ONNX Runtime (a cached converted model) and on TensorFlow, for both backbones (n
 ResNet50 uses the weights simd would use (Keras' cache) or ``--resnet-weights``; without either it
 uses seeded random weights saved to a temporary .h5 (same network, same cost). The model cache is a
 temporary directory, filled once before timing. Each measured process reports its wall time to the
-first vector and whether TensorFlow was imported; its peak RSS and CPU time come from wait4().
+first vector, its peak RSS (VmHWM) and whether TensorFlow was imported; its CPU time comes from wait4().
 Prints a markdown table (medians of --runs) and the machine.
 """
 
@@ -37,8 +37,9 @@ emb = Embedder.from_config(config)
 t1 = time.perf_counter()
 vector = emb.embed_files([sys.argv[2]])[0]
 t2 = time.perf_counter()
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"load_s": t1 - t0, "first_s": t2 - t1, "tensorflow": "tensorflow" in sys.modules,
-                  "network": emb.network.describe(), "dim": int(vector.shape[0])}))
+                  "network": emb.network.describe(), "dim": int(vector.shape[0]), "rss_mb": hwm / 1024}))
 """
 
 
@@ -58,7 +59,8 @@ def run_child(config: dict, photo: Path) -> dict:
     if status != 0:
         raise SystemExit(f"child failed ({status}): {err[-2000:]}")
     result = json.loads(out.splitlines()[-1])
-    result.update(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, rss_mb=usage.ru_maxrss / 1024)
+    # peak RSS is the child's own VmHWM: wait4's ru_maxrss also counts the parent's, folded in at exec
+    result.update(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime)
     return result
 
 
