@@ -25,6 +25,7 @@ def _common(p: argparse.ArgumentParser, *, library: bool = False, model: bool = 
     if model:
         p.add_argument("--model", choices=cfg.MODELS, help="backbone (default auto)")
         p.add_argument("--descriptor", choices=cfg.DESCRIPTORS, help="default, or seed (the original method)")
+        p.add_argument("--runtime", choices=cfg.RUNTIMES, help="what runs the network (default onnxruntime)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> cfg.Config:
     flags = {}
-    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "log_level"):
+    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "runtime", "log_level"):
         value = getattr(args, name, None)
         if value is not None:
             flags[name] = value
@@ -142,6 +143,12 @@ def cmd_models() -> int:
         dim = m["classes"] if desc.logits and m["classes"] else m["dim"]
         sizes = "+".join(f"{round(m['input_size'] * s)}" for s in desc.scales)
         print(f"{m['id']:<20} vectors {dim}-d  input {sizes}px  weights: {mark} ({m['weights_source']})")
+    if config.runtime == "onnxruntime":
+        from simd.backbones.onnx import cache_dir, ort_version
+
+        print(f"runtime: onnxruntime {ort_version()} (converted once, cached in {cache_dir(config.model_cache)})")
+    else:
+        print("runtime: tensorflow")
     return 0
 
 

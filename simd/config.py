@@ -19,6 +19,7 @@ from simd.errors import ConfigError
 
 MODELS = ("auto", "resnet50", "efficientnet-lite0")
 DESCRIPTORS = ("default", "seed")
+RUNTIMES = ("onnxruntime", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,28 @@ SETTINGS: tuple[Setting, ...] = (
         "(the original method: squashed 224x224, GAP; for comparisons).",
         choices=DESCRIPTORS,
     ),
+    Setting(
+        "runtime",
+        "onnxruntime",
+        str,
+        "What runs the network: onnxruntime (converted once from TensorFlow and cached, starts without "
+        "TensorFlow) or tensorflow (for comparisons). Both give the same vectors (cosine > 0.9999).",
+        choices=RUNTIMES,
+    ),
+    Setting(
+        "model_cache",
+        None,
+        str,
+        "Where converted (ONNX) models are cached; default $KERAS_HOME/models/simd-onnx (~/.keras/models/simd-onnx).",
+    ),
     Setting("batch_size", 32, int, "Images per model call.", check=_positive),
-    Setting("tf_threads", 0, int, "TensorFlow intra/inter-op threads (0: TensorFlow's default).", check=_non_negative),
+    Setting(
+        "tf_threads",
+        0,
+        int,
+        "Threads of the network: TensorFlow's intra/inter-op, ONNX Runtime's intra-op (0: the runtime's default).",
+        check=_non_negative,
+    ),
     Setting(
         "settle_seconds",
         2.0,

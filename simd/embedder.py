@@ -1,9 +1,10 @@
-"""Images -> L2-normalised float32 vectors: decode pool, batching, one tf.function per input size.
+"""Images -> L2-normalised float32 vectors: decode pool, batching, one network per input size.
 
-Why a tf.function and not ``model.predict`` or eager calls: on 2 CPU cores a traced function ran
-about twice as fast as ``predict``, and eager calls at batch 32 grew to 5.6 GB RSS. The signature
-is fixed (uint8, batch dimension open) and the last partial batch is zero-padded up to a bucket
-size (1, 2, 4, ... batch_size), so the graph is traced once and the kernels see few shapes.
+The network (preprocessing, backbone, pooling, logit projection) runs on ONNX Runtime
+(``simd.backbones.onnx``: converted once, cached, loaded without TensorFlow) or on TensorFlow as a
+tf.function (``simd.backbones.tfnet``, the reference; the `runtime` setting). Both take uint8 with
+the batch dimension open; the last partial batch is zero-padded up to a bucket size (1, 2, 4, ...
+batch_size), so TensorFlow traces once and the kernels of either see few shapes.
 
 Decoding (JPEG draft mode, EXIF, resize) happens in a small thread pool, one batch ahead of the
 network, so the two overlap. A file that cannot be decoded yields its ``ImageError`` at its place
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from simd.backbones.tfnet import TFNetwork
 from simd.budget import DECODE_SECONDS, Budget
 from simd.config import MAX_IMAGE_PIXELS, MAX_UPLOAD_PIXELS, Config
 from simd.errors import Busy, ImageError
@@ -129,6 +131,7 @@ class Embedder:
         max_pixels: int = MAX_IMAGE_PIXELS,
         decode_workers: int | None = None,
         max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+        network: Any = None,
     ):
         if isinstance(descriptor, str):
             descriptor = resolve_descriptor(descriptor, backbone.id)
@@ -150,35 +153,53 @@ class Embedder:
         self._upload_line = threading.BoundedSemaphore(UPLOAD_SLOTS + UPLOAD_WAITING)
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self.model_id = backbone.id if descriptor.name == "default" else f"{backbone.id}+{descriptor.name}"
-        classifier = getattr(backbone, "classifier", None) if descriptor.logits else None
-        self._classifier = (
-            None
-            if classifier is None
-            else (np.asarray(classifier[0], np.float32).T, np.asarray(classifier[1], np.float32))
-        )
-        self.dim = backbone.dim if self._classifier is None else self._classifier[0].shape[1]
-        self.sizes = tuple(max(32, round(backbone.input_size * s)) for s in descriptor.scales)
+        classes = getattr(backbone, "classes", 0) if descriptor.logits else 0
+        self.dim = classes or backbone.dim
+        self.sizes = input_sizes(backbone.input_size, descriptor)
         self.buckets = sorted({min(2**i, batch_size) for i in range(batch_size.bit_length() + 1)})
         self.images_embedded = 0
         self._lock = threading.Lock()
-        self._functions: dict[int, Any] = {}
+        # runs uint8 (n, S, S, 3) -> float32 (n, dim): TensorFlow (tfnet) or ONNX Runtime (onnx)
+        self.network = network if network is not None else TFNetwork(backbone, descriptor)
 
     @classmethod
     def from_config(cls, config: Config, model: str | None = None, descriptor: str | None = None) -> Embedder:
         """The embedder a config asks for (`model`, `descriptor`: override the config's), with real
-        weights; loads TensorFlow (threads set first, as TensorFlow takes them only then)."""
-        from simd.backbones import configure_tensorflow, load_backbone
+        weights, on the config's runtime. ONNX Runtime: a converted model in the cache is loaded
+        without TensorFlow; else TensorFlow builds the backbone (threads set first, as TensorFlow
+        takes them only then) and it is converted once; if that fails, TensorFlow runs it."""
+        from simd.backbones import configure_tensorflow, load_backbone, resolve_source
+        from simd.backbones.onnx import NAME as ORT
+        from simd.backbones.onnx import open_network
 
-        if config.tf_threads:
-            configure_tensorflow(config.tf_threads)
-        backbone = load_backbone(model or config.model, weights=config.weights, allow_download=config.weights_download)
-        return cls(
-            backbone,
-            descriptor=descriptor or config.descriptor,
+        name, descriptor = model or config.model, descriptor or config.descriptor
+        options = dict(
             batch_size=config.batch_size,
             max_pixels=config.max_image_pixels,
             max_upload_pixels=config.max_upload_pixels,
         )
+        ort = dict(cache=config.model_cache, threads=config.tf_threads)
+        if config.runtime == ORT and (source := resolve_source(name, config.weights)) is not None:
+            spec, weights = source
+            d = resolve_descriptor(descriptor, spec.id)
+            network = open_network(spec.id, spec.classes, d, input_sizes(spec.input_size, d), weights, **ort)
+            if network is not None:
+                return cls(spec, descriptor=d, network=network, **options)._started()
+        if config.tf_threads:
+            configure_tensorflow(config.tf_threads)
+        backbone = load_backbone(name, weights=config.weights, allow_download=config.weights_download)
+        embedder = cls(backbone, descriptor=descriptor, **options)
+        if config.runtime == ORT:
+            d, w = embedder.descriptor, backbone.weights_file
+            network = open_network(
+                backbone.id, backbone.classes, d, embedder.sizes, w, convert_from=embedder.network, **ort
+            )
+            embedder.network = network or embedder.network
+        return embedder._started()
+
+    def _started(self) -> Embedder:
+        log.info("model %s on %s", self.model_id, self.network.describe())
+        return self
 
     # -- public API
     def embed_files(
@@ -304,8 +325,8 @@ class Embedder:
         return list(vectors)
 
     def _run(self, size: int, batch: np.ndarray) -> np.ndarray:
-        """Pooled features (n, C) of a uint8 batch, padded to a bucket size (never retraces)."""
-        fn = self._function(size)
+        """Pooled features (n, C) of a uint8 batch, padded to a bucket size (TensorFlow never
+        retraces; ONNX Runtime reuses its plans for a few shapes)."""
         n = batch.shape[0]
         out = []
         for start in range(0, n, self.batch_size):
@@ -314,39 +335,13 @@ class Embedder:
             bucket = next(b for b in self.buckets if b >= m)
             if bucket > m:
                 part = np.concatenate([part, np.zeros((bucket - m, *part.shape[1:]), np.uint8)])
-            out.append(fn(part).numpy()[:m])
+            out.append(self.network.run(size, part)[:m])
         return np.concatenate(out)
 
-    def _function(self, size: int) -> Any:
-        if size in self._functions:
-            return self._functions[size]
-        from simd.backbones.tfruntime import import_tf
 
-        tf = import_tf()
-        d, backbone = self.descriptor, self.backbone
-
-        def pooled_features(x):
-            x = backbone.preprocess(tf.cast(x, tf.float32), d.preprocess)
-            if d.flip:
-                x = tf.concat([x, tf.reverse(x, axis=[2])], axis=0)
-            f = backbone.feature_model(x, training=False)
-            if d.pooling == "gem":
-                p = float(d.gem_p)
-                v = tf.reduce_mean(tf.pow(tf.maximum(f, 1e-6), p), axis=[1, 2]) ** (1.0 / p)
-            else:
-                v = tf.reduce_mean(f, axis=[1, 2])
-            if d.flip:
-                a, b = tf.split(v, 2, axis=0)
-                v = (a + b) / 2.0
-            if self._classifier is not None:
-                v = tf.matmul(v, self._classifier[0]) + self._classifier[1]
-            return v
-
-        fn = tf.function(
-            pooled_features, reduce_retracing=True, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)]
-        )
-        self._functions[size] = fn
-        return fn
+def input_sizes(input_size: int, descriptor: Descriptor) -> tuple[int, ...]:
+    """The network input sizes (px) of a descriptor's scales on a backbone of ``input_size``."""
+    return tuple(max(32, round(input_size * s)) for s in descriptor.scales)
 
 
 @functools.cache

@@ -7,7 +7,10 @@ vectors and different ones differ. End-to-end tests load the real networks.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +23,11 @@ from tests.fakes import PixelEmbedder
 os.environ.setdefault("SIMD_WEIGHTS_DOWNLOAD", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("NOTIFY_SOCKET", None)
+# Converted (ONNX) models of this run, shared by every test and daemon it starts (Lite0 converts in
+# ~5-25 s, once), never written into the user's ~/.keras.
+if "SIMD_MODEL_CACHE" not in os.environ:
+    os.environ["SIMD_MODEL_CACHE"] = tempfile.mkdtemp(prefix="simd-test-models-")
+    atexit.register(shutil.rmtree, os.environ["SIMD_MODEL_CACHE"], True)
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def test_no_retracing_across_batch_sizes(lite0_backbone, photos):
     emb = Embedder(lite0_backbone, batch_size=4)
     for n in (1, 3, 5, 2):
         emb.embed_files(photos["good"][:n])
-    [fn] = emb._functions.values()
+    [fn] = emb.network._functions.values()
     assert fn.experimental_get_tracing_count() == 1
 
 

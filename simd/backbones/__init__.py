@@ -29,6 +29,7 @@ __all__ = [
     "import_tf",
     "load_backbone",
     "models_report",
+    "resolve_source",
 ]
 
 
@@ -68,6 +69,13 @@ class Backbone:
     # The ImageNet classifier (weight (classes, dim), bias (classes,)) when the weights include it;
     # a descriptor may project pooled features onto its logits (see simd.embedder).
     classifier: tuple[Any, Any] | None = field(default=None, repr=False)
+    # The file the weights came from (None: random weights): what a converted model is keyed by.
+    weights_file: Path | None = None
+
+    @property
+    def classes(self) -> int:
+        """Size of the ImageNet classifier the weights include (0: none), as ``BackboneSpec.classes``."""
+        return 0 if self.classifier is None else len(self.classifier[1])
 
     def preprocess(self, x: Any, mode: str = "default") -> Any:
         """tf ops on float32 RGB 0..255; ``"seed"`` = the original method's, ``"default"`` = the best."""
@@ -119,8 +127,24 @@ def load_backbone(
             f"package {lite0.PACKAGE}: {path}",
             lite0.preprocess,
             classifier=(state["_fc.weight"], state["_fc.bias"]),
+            weights_file=path,
         )
     raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
+
+
+def resolve_source(name: str, weights: str | os.PathLike | None = None) -> tuple[BackboneSpec, Path] | None:
+    """The backbone ``name`` stands for and its weights file, from files alone (no TensorFlow), when
+    that is certain: ResNet50 (or ``auto``) with usable weights on disk, or EfficientNet-Lite0.
+    None when only ``load_backbone`` can tell (a download to try, ``auto``'s fallback, an error)."""
+    if name in ("auto", resnet.ID):
+        path = resnet.resolve_weights(weights).path
+        return None if path is None else (BACKBONES[resnet.ID], path)
+    if name == lite0.ID:
+        try:
+            return BACKBONES[lite0.ID], lite0.weights_file()
+        except WeightsUnavailable:
+            return None
+    return None
 
 
 def _load_resnet(path: Path | None) -> Backbone:
@@ -129,7 +153,7 @@ def _load_resnet(path: Path | None) -> Backbone:
         source = "random weights (tests only)"
     else:
         source = f"keras cache {path}" if Path(path) == resnet.cache_path() else f"file {path}"
-    return Backbone(resnet.ID, resnet.DIM, resnet.INPUT_SIZE, model, source, resnet.preprocess)
+    return Backbone(resnet.ID, resnet.DIM, resnet.INPUT_SIZE, model, source, resnet.preprocess, weights_file=path)
 
 
 def random_resnet50() -> Backbone:

@@ -1,0 +1,211 @@
+"""The embedding network on ONNX Runtime (fp32): converted once from the TensorFlow network with
+tf2onnx, cached on disk, then loaded without importing TensorFlow.
+
+A cached file is named by everything that shapes its graph (``cache_key``): the backbone, the
+input size, the descriptor's graph knobs, the weights file's md5, the onnxruntime version and
+``FORMAT``. Random weights (tests) have no file and are converted in memory, never cached.
+Nothing here raises for a runtime problem: a file that does not load is converted again, and a
+conversion or session that fails returns None with one WARNING (the caller keeps TensorFlow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simd.backbones.resnet import file_md5, keras_home
+
+log = logging.getLogger(__name__)
+
+NAME = "onnxruntime"
+FORMAT = 1  # bump when the conversion changes in a way the other key parts do not show
+OPSET = 17
+CACHE_ENV = "SIMD_MODEL_CACHE"
+_unavailable: str | None = None  # why onnxruntime cannot be imported, once that is known
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where converted models live: ``override``, else $SIMD_MODEL_CACHE, else beside ResNet50's
+    weights in Keras' cache ($KERAS_HOME/models/simd-onnx)."""
+    chosen = override or os.environ.get(CACHE_ENV)
+    return Path(chosen).expanduser() if chosen else keras_home() / "models" / "simd-onnx"
+
+
+def ort_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxruntime")
+    except PackageNotFoundError:
+        return "missing"
+
+
+def cache_key(backbone_id: str, classes: int, descriptor: Any, size: int, weights: Path) -> str:
+    """The cached file's name (no suffix) for one input size of one backbone and descriptor."""
+    d = descriptor
+    knobs = {
+        "format": FORMAT,
+        "opset": OPSET,
+        "onnxruntime": ort_version(),
+        "backbone": backbone_id,
+        "size": size,
+        "weights_md5": file_md5(Path(weights)),
+        "preprocess": d.preprocess,
+        "pooling": d.pooling,
+        "gem_p": float(d.gem_p) if d.pooling == "gem" else None,
+        "flip": bool(d.flip),
+        "logits": classes if d.logits else 0,
+    }
+    digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:20]
+    return f"{backbone_id}-{size}-{digest}"
+
+
+class OrtNetwork:
+    """``run(size, batch)``: uint8 (n, size, size, 3) -> float32 (n, dim), one session per size."""
+
+    runtime = NAME
+
+    def __init__(self, sessions: dict[int, Any], origin: str):
+        self._sessions = sessions
+        self._inputs = {size: s.get_inputs()[0].name for size, s in sessions.items()}
+        self.origin = origin  # "cached <dir>", "converted, cached in <dir>", "converted in memory"
+
+    def describe(self) -> str:
+        return f"{NAME} {ort_version()} ({self.origin})"
+
+    def run(self, size: int, batch: np.ndarray) -> np.ndarray:
+        out = self._sessions[size].run(None, {self._inputs[size]: np.ascontiguousarray(batch, np.uint8)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+def open_network(
+    backbone_id: str,
+    classes: int,
+    descriptor: Any,
+    sizes: tuple[int, ...],
+    weights: Path | None,
+    *,
+    convert_from: Any = None,
+    cache: str | os.PathLike | None = None,
+    threads: int = 0,
+) -> OrtNetwork | None:
+    """The ONNX Runtime network for these sizes: from the cache when every size is there (no
+    TensorFlow imported); else, given ``convert_from`` (a ``TFNetwork``), converted and cached
+    where the cache can be written. None when the cache lacks a size and there is nothing to
+    convert from, or when conversion or ONNX Runtime fails (with one WARNING saying why)."""
+    global _unavailable
+    if _unavailable:
+        return None
+    folder = cache_dir(cache)
+    sessions: dict[int, Any] = {}
+    missing: list[tuple[int, Path | None]] = []
+    try:
+        for size in sizes:
+            path = folder / f"{cache_key(backbone_id, classes, descriptor, size, weights)}.onnx" if weights else None
+            session = _load_cached(path, threads) if path is not None else None
+            if session is None:
+                missing.append((size, path))
+            else:
+                sessions[size] = session
+    except ImportError as e:  # said once: the caller asks again after building the TF network
+        _unavailable = str(e)
+        log.warning("onnxruntime cannot be used (%s); running on TensorFlow", e)
+        return None
+    if not missing:
+        return OrtNetwork(sessions, f"cached in {folder}")
+    if convert_from is None:
+        return None
+    unwritable = False
+    for size, path in missing:
+        try:
+            data = _convert(convert_from, size)
+            sessions[size] = _session(data, threads)
+        except Exception as e:  # tf2onnx and ORT raise anything; the daemon must keep running
+            log.warning(
+                "cannot run %s on onnxruntime (%s: %s); running on TensorFlow", backbone_id, type(e).__name__, e
+            )
+            return None
+        if path is not None and not _write_atomic(path, data):
+            unwritable = True
+    if unwritable or weights is None:
+        return OrtNetwork(sessions, "converted in memory")
+    return OrtNetwork(sessions, f"converted, cached in {folder}")
+
+
+def _session(model: str | bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only; what we cannot use is reported by us
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _load_cached(path: Path, threads: int) -> Any:
+    """The session of a cached file, or None when there is none or it does not load (then it is
+    removed, with a WARNING, to be converted again)."""
+    if not path.is_file():
+        return None
+    try:
+        return _session(str(path), threads)
+    except ImportError:
+        raise
+    except Exception as e:  # a truncated or damaged file: ORT raises its own error types
+        log.warning("cached model %s cannot be loaded (%s); converting it again", path, str(e).splitlines()[0][:200])
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def _convert(network: Any, size: int) -> bytes:
+    """The TF network's function for ``size`` as a serialised ONNX model (imports tf2onnx, hence TF)."""
+    fn = network.function(size)
+    tf2onnx_log = logging.getLogger("tf2onnx")
+    level = tf2onnx_log.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf2onnx and onnx warn about numpy and protobuf APIs
+        import tf2onnx
+
+        tf2onnx_log.setLevel(logging.WARNING)
+        try:
+            proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET)
+        finally:
+            tf2onnx_log.setLevel(level)
+    log.info("converted %s at %d px to ONNX", getattr(network.backbone, "id", "the network"), size)
+    return bytes(proto.SerializeToString())
+
+
+def _write_atomic(path: Path, data: bytes) -> bool:
+    """tmp + fsync + rename in the cache dir; False (with a WARNING) when it cannot be written."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        return True
+    except OSError as e:
+        log.warning("cannot cache the converted model in %s (%s); it is converted again at each start", path.parent, e)
+        return False
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

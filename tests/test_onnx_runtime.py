@@ -1,0 +1,243 @@
+"""The network on ONNX Runtime: the same vectors as TensorFlow on real photos, a cache that a later
+start loads without TensorFlow, keyed by what shapes the graph, and a daemon that keeps running
+(on TensorFlow if need be) when the cache or the conversion fails.
+
+Each backbone is converted once per module (ResNet50 ~20-40 s, Lite0 ~5-20 s) into a module cache;
+the tests that damage a cache work on copies or on caches of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from simd import backbones as bb
+from simd.backbones import onnx as ortnet
+from simd.backbones.tfnet import TFNetwork
+from simd.config import Config
+from simd.embedder import Embedder, resolve_descriptor
+from tests.images import make_phone_photo
+
+REPO = Path(__file__).resolve().parents[1]
+LITE0, RESNET = "efficientnet-lite0", "resnet50"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, phone_jpeg) -> list[Path]:
+    """A 12 MP phone JPEG and three of scikit-image's real photos, saved as a phone would."""
+    d = tmp_path_factory.mktemp("ort-photos")
+    samples = [
+        make_phone_photo(d / f"{name}.jpg", img=Image.fromarray(getattr(data, name)()).convert("RGB"))
+        for name in ("chelsea", "coffee", "astronaut")
+    ]
+    return [phone_jpeg, *samples]
+
+
+def _random_resnet_h5(path: Path, seed: int) -> Path:
+    import keras
+
+    bb.import_tf()
+    keras.utils.set_random_seed(seed)
+    bb.random_resnet50().feature_model.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet_h5(tmp_path_factory) -> Path:
+    return _random_resnet_h5(tmp_path_factory.mktemp("resnet") / "seed0.weights.h5", 0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+def _config(cache: Path, model: str, weights: Path | None = None, **settings) -> Config:
+    values = {"model": model, "weights_download": False, "model_cache": str(cache), **settings}
+    if weights is not None:
+        values["weights"] = str(weights)
+    return Config(values).validate()
+
+
+class _Embedders(dict):
+    """(backbone, runtime) -> the embedder `from_config` gives, made on first use (the ORT ones
+    are converted into the module's cache then)."""
+
+    def __init__(self, cache: Path, resnet_h5: Path):
+        super().__init__()
+        self.cache, self.resnet_h5 = cache, resnet_h5
+
+    def __missing__(self, key: tuple[str, str]) -> Embedder:
+        model, runtime = key
+        weights = self.resnet_h5 if model == RESNET else None
+        self[key] = Embedder.from_config(_config(self.cache, model, weights, runtime=runtime))
+        return self[key]
+
+
+@pytest.fixture(scope="module")
+def embedders(cache, resnet_h5) -> _Embedders:
+    return _Embedders(cache, resnet_h5)
+
+
+def _cosines(a: list, b: list) -> np.ndarray:
+    x, y = np.stack(a), np.stack(b)
+    return np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+
+
+@pytest.mark.parametrize("model", [LITE0, RESNET])
+def test_onnxruntime_gives_tensorflows_vectors_on_real_photos(embedders, photos, model):
+    ort, tf = embedders[model, "onnxruntime"], embedders[model, "tensorflow"]
+    assert (ort.network.runtime, tf.network.runtime) == ("onnxruntime", "tensorflow")
+    assert (ort.model_id, ort.dim, ort.sizes) == (tf.model_id, tf.dim, tf.sizes) == (model, *_shape(model))
+    got, want = ort.embed_files(photos), tf.embed_files(photos)
+    assert all(isinstance(v, np.ndarray) and v.shape == (ort.dim,) for v in got + want)
+    cos = _cosines(got, want)
+    assert cos.min() >= 0.9999, cos
+    # and they still tell the photos apart: each is nearest to itself, not to another photo
+    assert (np.argmax(np.stack(got) @ np.stack(want).T, axis=1) == np.arange(len(photos))).all()
+
+
+def _shape(model: str) -> tuple[int, tuple[int, ...]]:
+    return (1000, (288,)) if model == LITE0 else (2048, (224,))
+
+
+def test_the_cache_holds_one_file_per_model_named_by_its_key(embedders, cache, resnet_h5):
+    embedders[LITE0, "onnxruntime"], embedders[RESNET, "onnxruntime"]
+    files = sorted(p.name for p in cache.iterdir())
+    lite0_key = ortnet.cache_key(LITE0, 1000, resolve_descriptor("default", LITE0), 288, bb.lite0.weights_file())
+    resnet_key = ortnet.cache_key(RESNET, 0, resolve_descriptor("default", RESNET), 224, resnet_h5)
+    assert files == sorted([f"{lite0_key}.onnx", f"{resnet_key}.onnx"])
+    assert "cached in" in embedders[LITE0, "onnxruntime"].network.describe()
+
+
+_FRESH_START = """
+import json, sys
+import numpy as np
+from simd.config import Config
+from simd.embedder import Embedder
+config = Config(json.loads(sys.argv[1])).validate()
+emb = Embedder.from_config(config)
+vector = emb.embed_files([sys.argv[2]])[0]
+print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                  "network": emb.network.describe(), "vector": np.asarray(vector).tolist()}))
+"""
+
+
+@pytest.mark.parametrize("model", [LITE0, RESNET])
+def test_a_later_start_loads_the_cache_without_tensorflow(embedders, cache, resnet_h5, phone_jpeg, model):
+    embedders[model, "onnxruntime"]  # converted and cached by this process
+    config = _config(cache, model, resnet_h5 if model == RESNET else None).as_dict()
+    r = subprocess.run(
+        [sys.executable, "-c", _FRESH_START, json.dumps(config), str(phone_jpeg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert (out["tensorflow"], out["keras"]) == (False, False)
+    assert out["network"].startswith("onnxruntime ") and "(cached in" in out["network"]
+    want = embedders[model, "tensorflow"].embed_files([phone_jpeg])[0]
+    assert _cosines([np.array(out["vector"], np.float32)], [want])[0] >= 0.9999
+
+
+def test_the_cache_key_follows_the_weights_file_and_the_descriptor(resnet_h5, tmp_path):
+    default, seed = resolve_descriptor("default", RESNET), resolve_descriptor("seed", RESNET)
+    key = ortnet.cache_key(RESNET, 0, default, 224, resnet_h5)
+    assert ortnet.cache_key(RESNET, 0, default, 224, resnet_h5) == key  # stable
+    other = _random_resnet_h5(tmp_path / "seed1.weights.h5", 1)
+    assert ortnet.cache_key(RESNET, 0, default, 224, other) != key  # other weights
+    assert ortnet.cache_key(RESNET, 0, seed, 224, resnet_h5) != key  # other preprocessing
+    assert ortnet.cache_key(RESNET, 0, default, 256, resnet_h5) != key  # other input size
+    lite0 = bb.lite0.weights_file()
+    plain = resolve_descriptor("default", LITE0)
+    assert ortnet.cache_key(LITE0, 1000, plain, 288, lite0) != ortnet.cache_key(LITE0, 0, plain, 288, lite0)
+    # the same path rewritten with other weights is another model
+    copy = shutil.copy(resnet_h5, tmp_path / "weights.h5")
+    before = ortnet.cache_key(RESNET, 0, default, 224, Path(copy))
+    shutil.copy(other, copy)
+    os.utime(copy, ns=(1, 1))
+    assert ortnet.cache_key(RESNET, 0, default, 224, Path(copy)) != before
+
+
+def test_a_truncated_cached_model_is_converted_again(embedders, cache, tmp_path, photos, caplog):
+    embedders[LITE0, "onnxruntime"]
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache, damaged)
+    (onnx_file,) = damaged.glob(f"{LITE0}-*.onnx")
+    size = onnx_file.stat().st_size
+    with onnx_file.open("r+b") as f:
+        f.truncate(size // 3)
+    with caplog.at_level(logging.WARNING, logger="simd.backbones.onnx"):
+        emb = Embedder.from_config(_config(damaged, LITE0))
+    assert any("cannot be loaded" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert emb.network.runtime == "onnxruntime" and "converted, cached in" in emb.network.describe()
+    assert onnx_file.stat().st_size > size * 0.99  # whole again (tf2onnx's node names vary a little)
+    assert ortnet._load_cached(onnx_file, 0) is not None
+    assert not [p for p in damaged.iterdir() if p.suffix != ".onnx"]  # no temporary file left behind
+    cos = _cosines(emb.embed_files(photos[:2]), embedders[LITE0, "tensorflow"].embed_files(photos[:2]))
+    assert cos.min() >= 0.9999
+
+
+def test_a_cache_that_cannot_be_written_converts_in_memory(embedders, tmp_path, photos, caplog):
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache directory should be\n")
+    with caplog.at_level(logging.WARNING, logger="simd.backbones.onnx"):
+        emb = Embedder.from_config(_config(blocked, LITE0))
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "cannot cache the converted model" in caplog.records[0].getMessage()
+    assert emb.network.runtime == "onnxruntime" and "converted in memory" in emb.network.describe()
+    cos = _cosines(emb.embed_files(photos[:2]), embedders[LITE0, "tensorflow"].embed_files(photos[:2]))
+    assert cos.min() >= 0.9999
+
+
+def test_a_failed_conversion_keeps_tensorflow_with_one_warning(embedders, tmp_path, photos, caplog, monkeypatch):
+    def broken(network, size):
+        raise ValueError("tf2onnx could not map an op")
+
+    monkeypatch.setattr(ortnet, "_convert", broken)
+    with caplog.at_level(logging.WARNING, logger="simd.backbones.onnx"):
+        emb = Embedder.from_config(_config(tmp_path / "cache", LITE0))
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "running on TensorFlow" in caplog.records[0].getMessage()
+    assert isinstance(emb.network, TFNetwork)
+    want = embedders[LITE0, "tensorflow"].embed_files(photos[:1])
+    assert _cosines(emb.embed_files(photos[:1]), want)[0] >= 0.99999
+
+
+def test_runtime_tensorflow_runs_the_tensorflow_network(embedders, cache):
+    emb = embedders[LITE0, "tensorflow"]
+    assert isinstance(emb.network, TFNetwork) and emb.network.describe().startswith("tensorflow ")
+    assert Config({"runtime": "tensorflow"}).validate().runtime == "tensorflow"
+    assert Config().runtime == "onnxruntime"
+
+
+def test_runtime_is_a_validated_setting():
+    from simd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="runtime: 'tflite' is not one of onnxruntime, tensorflow"):
+        Config({"runtime": "tflite"}).validate()
+
+
+def test_a_network_without_a_weights_file_is_converted_in_memory_never_cached(tmp_path, photos):
+    """Random weights (tests, benchmarks) have no file to key a cached model by."""
+    backbone = bb.load_backbone(LITE0)
+    emb = Embedder(backbone)
+    net = ortnet.open_network(
+        LITE0, backbone.classes, emb.descriptor, emb.sizes, None, convert_from=emb.network, cache=tmp_path
+    )
+    assert net is not None and "converted in memory" in net.describe()
+    assert list(tmp_path.iterdir()) == []
+    ort = Embedder(backbone, network=net)
+    assert _cosines(ort.embed_files(photos[:1]), emb.embed_files(photos[:1]))[0] >= 0.9999
