@@ -191,7 +191,7 @@ class Embedder:
         results: list[np.ndarray | ImageError | None] = [None] * len(paths)
         if not paths:
             return []
-        chunks = [range(i, min(i + self.batch_size, len(paths))) for i in range(0, len(paths), self.batch_size)]
+        chunks = _batches(len(paths), self.batch_size)
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="simd-decode") as pool:
 
             def submit(chunk):
@@ -347,6 +347,22 @@ class Embedder:
         )
         self._functions[size] = fn
         return fn
+
+
+def _batches(n: int, batch_size: int) -> list[range]:
+    """Index ranges of the network calls for `n` files: batches of `batch_size`, but a first full
+    batch of a power-of-two size is split 1/4, 1/4, 1/2 (8, 8, 16 of 32), all bucket sizes (no
+    padding), so the network starts once a few files are decoded instead of a whole batch: on two
+    cores that wait was ~1 s per call of `embed_files` for 12 MP photos."""
+    sizes: list[int] = []
+    if n >= batch_size >= 8 and batch_size & (batch_size - 1) == 0:
+        sizes = [batch_size // 4, batch_size // 4, batch_size // 2]
+    out, start = [], 0
+    while start < n:
+        size = sizes.pop(0) if sizes else batch_size
+        out.append(range(start, min(start + size, n)))
+        start += size
+    return out
 
 
 @functools.cache
