@@ -6,7 +6,8 @@ is fixed (uint8, batch dimension open) and the last partial batch is zero-padded
 size (1, 2, 4, ... batch_size), so the graph is traced once and the kernels see few shapes.
 
 Decoding (JPEG draft mode, EXIF, resize) happens in a small thread pool, one batch ahead of the
-network, so the two overlap. A file that cannot be decoded yields its ``ImageError`` at its place
+network, so the two overlap; the first full batch is sent in pieces (8, 8, 16 of 32) so the network
+starts after a few decodes. A file that cannot be decoded yields its ``ImageError`` at its place
 in the result list; the other files of the batch are embedded as if it was not there.
 
 How an image becomes a vector is a ``Descriptor``: a small table of knobs (preprocessing,
@@ -350,13 +351,12 @@ class Embedder:
 
 
 def _batches(n: int, batch_size: int) -> list[range]:
-    """Index ranges of the network calls for `n` files: batches of `batch_size`, but a first full
-    batch of a power-of-two size is split 1/4, 1/4, 1/2 (8, 8, 16 of 32), all bucket sizes (no
-    padding), so the network starts once a few files are decoded instead of a whole batch: on two
-    cores that wait was ~1 s per call of `embed_files` for 12 MP photos."""
-    sizes: list[int] = []
-    if n >= batch_size >= 8 and batch_size & (batch_size - 1) == 0:
-        sizes = [batch_size // 4, batch_size // 4, batch_size // 2]
+    """Index ranges of the network calls for `n` files: batches of `batch_size`, but the first
+    power-of-two number of files (at least 8, at most a batch) is split 1/4, 1/4, 1/2 (8, 8, 16 of
+    32), all bucket sizes (no padding), so the network starts once a few files are decoded instead
+    of a whole batch: on two cores that wait was ~1 s per call of `embed_files` for 12 MP photos."""
+    first = 1 << (min(n, batch_size).bit_length() - 1) if n else 0
+    sizes = [first // 4, first // 4, first // 2] if first >= 8 and batch_size & (batch_size - 1) == 0 else []
     out, start = [], 0
     while start < n:
         size = sizes.pop(0) if sizes else batch_size

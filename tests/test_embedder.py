@@ -200,7 +200,9 @@ def test_batches_start_small_without_padding():
 
     sizes = [len(r) for r in _batches(100, 32)]
     assert sizes == [8, 8, 16, 32, 32, 4] and sum(sizes) == 100
-    assert [len(r) for r in _batches(31, 32)] == [31]  # fewer than a batch: one call, as before
+    assert [len(r) for r in _batches(16, 32)] == [4, 4, 8]
+    assert [len(r) for r in _batches(20, 32)] == [4, 4, 8, 4]  # every call a bucket size: 1, 2, 4, ..., 32
+    assert [len(r) for r in _batches(5, 32)] == [5]  # too few to split
     assert [len(r) for r in _batches(10, 6)] == [6, 4]  # not a power of two: never split
     ranges = _batches(70, 32)
     assert [i for r in ranges for i in r] == list(range(70))
