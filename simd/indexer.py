@@ -20,7 +20,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -201,27 +200,18 @@ class Reconciler:
         )
         total, done = len(work), 0
         self.on_progress("indexing", 0, total)
-        chunks = [work[start : start + self.chunk_size] for start in range(0, total, self.chunk_size)]
-        # The next chunk is hashed in a thread while this one is decoded and embedded (hashlib lets
-        # go of the GIL): hashing 128 12 MP photos took ~1 s during which the network stood idle.
-        hasher = ThreadPoolExecutor(1, thread_name_prefix="simd-hash")
-        try:
-            ahead = hasher.submit(self._hash_chunk, chunks[0]) if chunks else None
-            for k, chunk in enumerate(chunks):
-                if self.stop.is_set():
-                    summary.interrupted = True
-                    break
-                hashed = ahead.result() if ahead is not None else []
-                ahead = hasher.submit(self._hash_chunk, chunks[k + 1]) if k + 1 < len(chunks) else None
-                try:
-                    self._apply_chunk(chunk, hashed, records, gone_hashes, moved_hashes, summary)
-                except Stopped:  # a stop while a file was read: the chunk is dropped, the next run redoes it
-                    summary.interrupted = True
-                    break
-                done += len(chunk)
-                self.on_progress("indexing", done, total)
-        finally:
-            hasher.shutdown(wait=True, cancel_futures=True)
+        for start in range(0, total, self.chunk_size):
+            if self.stop.is_set():
+                summary.interrupted = True
+                break
+            chunk = work[start : start + self.chunk_size]
+            try:
+                self._apply_chunk(chunk, records, gone_hashes, moved_hashes, summary)
+            except Stopped:  # a stop while a file was read: the chunk is dropped, the next run redoes it
+                summary.interrupted = True
+                break
+            done += len(chunk)
+            self.on_progress("indexing", done, total)
         if not summary.interrupted and plan.gone:
             summary.deleted = self._delete(plan.gone, moved_hashes, allow_mass_delete)
         summary.failed_total = self.store.counts(self.model)["failed"]
@@ -229,20 +219,9 @@ class Reconciler:
         self.on_progress("done", total, total)
         return summary
 
-    def _hash_chunk(self, chunk: list[tuple[str, DiskFile]]) -> list[str | BaseException | None]:
-        """Each file's hash, or what hashing it raised (re-raised by `_apply_chunk`), in order."""
-        out: list[str | BaseException | None] = []
-        for _, f in chunk:
-            try:
-                out.append(None if f.error is not None else self._hash(self.root / f.path, f))
-            except Exception as e:  # handed to the writer thread as it is
-                out.append(e)
-        return out
-
     def _apply_chunk(
         self,
         chunk: list[tuple[str, DiskFile]],
-        hashed: list[str | BaseException | None],
         records: dict[str, FileRecord],
         gone_hashes: set[str],
         moved_hashes: set[str],
@@ -250,14 +229,13 @@ class Reconciler:
     ) -> None:
         writes: list[Write] = []
         to_embed: dict[str, list[tuple[str, DiskFile]]] = {}  # hash -> files with that new content
-        for (kind, f), digest in zip(chunk, hashed, strict=True):
+        for kind, f in chunk:
             if f.error is not None:  # found unreadable by the walk (a folder, a path too long, ...)
                 writes.append(Write("failed", f, kind, error=f.error))
                 continue
             abs_path = self.root / f.path
             try:
-                if not isinstance(digest, str):
-                    raise digest or AssertionError(f.path)  # what hashing raised, here in the writer
+                digest = self._hash(abs_path, f)
             except FileNotFoundError:
                 writes.append(Write("vanished", f, kind))
                 continue

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -240,60 +238,3 @@ def test_the_summary_adds_up_and_says_so(env, caplog):
     assert "later-copy.png: byte-identical to an indexed image" in caplog.text
     s = rec.run()
     assert not s.did_something and s.describe() == "10 files, nothing to do" and s.failed_total == 2
-
-
-class _HashWatchingEmbedder(PixelEmbedder):
-    """Waits, inside each embed_files call but the last, until the reconciler has hashed a file of
-    the next chunk: it returns only if the next chunk is hashed while this one is embedded."""
-
-    def __init__(self, hashed: list[str], chunk_files: list[list[str]]):
-        super().__init__()
-        self.hashed, self.chunk_files, self.overlapped = hashed, chunk_files, []
-
-    def embed_files(self, paths, *, stop=None):
-        k = len(self.overlapped)
-        if k + 1 < len(self.chunk_files):
-            deadline = time.monotonic() + 10
-            while not set(self.chunk_files[k + 1]) & set(self.hashed) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            self.overlapped.append(bool(set(self.chunk_files[k + 1]) & set(self.hashed)))
-        return super().embed_files(paths, stop=stop)
-
-
-def test_the_next_chunk_is_hashed_while_this_one_is_embedded(library, state_dir, phone_jpeg, monkeypatch):
-    """12 MP phone photos (3.8 MB each): hashing a chunk of them used to leave the network idle."""
-    data = phone_jpeg.read_bytes()
-    names = [f"PXL_{i}.jpg" for i in range(6)]
-    for i, name in enumerate(names):  # distinct bytes: a different comment after the image
-        (library / name).write_bytes(data + b"\xff\xfe" + bytes([i]))
-    hashed: list[str] = []
-    original = Reconciler._hash
-
-    def recording_hash(self, path, f):
-        digest = original(self, path, f)
-        hashed.append(f.path)
-        return digest
-
-    monkeypatch.setattr(Reconciler, "_hash", recording_hash)
-    emb = _HashWatchingEmbedder(hashed, [names[0:2], names[2:4], names[4:6]])
-    with Store(state_dir / "index.db") as store:
-        s = Reconciler(library, store, emb, None, IgnoreRules([]), chunk_size=2).run()
-        assert (s.new, s.embedded, s.failed) == (6, 6, 0)
-        assert emb.overlapped == [True, True]
-        assert {p: r.hash for p, r in store.records().items()} == {
-            name: hashlib.blake2b((library / name).read_bytes(), digest_size=16).hexdigest() for name in names
-        }
-
-
-def test_a_file_that_fails_to_hash_ahead_is_its_own_failure(library, state_dir, phone_jpeg):
-    """Hashing runs in another thread now: what it raises still lands on that file, in its chunk."""
-    data = phone_jpeg.read_bytes()
-    for i in range(5):
-        (library / f"PXL_{i}.jpg").write_bytes(data + bytes([i]))
-    with open(library / "PXL_3.jpg", "r+b") as f:  # the 12 MP header, then 1 GB (sparse)
-        f.truncate(1 << 30)
-    with Store(state_dir / "index.db") as store:
-        s = Reconciler(library, store, PixelEmbedder(), None, IgnoreRules([]), chunk_size=2).run()
-        assert (s.new, s.failed, s.embedded) == (4, 1, 4)
-        errors = {r["path"]: r["error"] for r in store.errors()}
-        assert errors["PXL_3.jpg"].startswith("too large for its pixel size: 1,024 MB for a 4000x3000 image")
