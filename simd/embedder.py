@@ -7,7 +7,8 @@ the batch dimension open; the last partial batch is zero-padded up to a bucket s
 batch_size), so TensorFlow traces once and the kernels of either see few shapes.
 
 Decoding (JPEG draft mode, EXIF, resize) happens in a small thread pool, one batch ahead of the
-network, so the two overlap. A file that cannot be decoded yields its ``ImageError`` at its place
+network, so the two overlap; the first full batch is sent in pieces (8, 8, 16 of 32) so the network
+starts after a few decodes. A file that cannot be decoded yields its ``ImageError`` at its place
 in the result list; the other files of the batch are embedded as if it was not there.
 
 How an image becomes a vector is a ``Descriptor``: a small table of knobs (preprocessing,
@@ -212,7 +213,7 @@ class Embedder:
         results: list[np.ndarray | ImageError | None] = [None] * len(paths)
         if not paths:
             return []
-        chunks = [range(i, min(i + self.batch_size, len(paths))) for i in range(0, len(paths), self.batch_size)]
+        chunks = _batches(len(paths), self.batch_size)
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="simd-decode") as pool:
 
             def submit(chunk):
@@ -342,6 +343,21 @@ class Embedder:
 def input_sizes(input_size: int, descriptor: Descriptor) -> tuple[int, ...]:
     """The network input sizes (px) of a descriptor's scales on a backbone of ``input_size``."""
     return tuple(max(32, round(input_size * s)) for s in descriptor.scales)
+
+
+def _batches(n: int, batch_size: int) -> list[range]:
+    """Index ranges of the network calls for `n` files: batches of `batch_size`, but the first
+    power-of-two number of files (at least 8, at most a batch) is split 1/4, 1/4, 1/2 (8, 8, 16 of
+    32), all bucket sizes (no padding), so the network starts once a few files are decoded instead
+    of a whole batch: on two cores that wait was ~1 s per call of `embed_files` for 12 MP photos."""
+    first = 1 << (min(n, batch_size).bit_length() - 1) if n else 0
+    sizes = [first // 4, first // 4, first // 2] if first >= 8 and batch_size & (batch_size - 1) == 0 else []
+    out, start = [], 0
+    while start < n:
+        size = sizes.pop(0) if sizes else batch_size
+        out.append(range(start, min(start + size, n)))
+        start += size
+    return out
 
 
 @functools.cache

@@ -192,3 +192,38 @@ def test_exif_rotated_copy_embeds_like_the_upright_photo(lite0_backbone, photos,
     seed = Embedder(lite0_backbone, descriptor="seed")
     sa, sb = seed.embed_files([upright, turned])
     assert float(sa @ sb) < float(a @ b) - 0.02
+
+
+def test_batches_start_small_without_padding():
+    """The first full batch is split 8, 8, 16 (bucket sizes: nothing padded), then batches of 32."""
+    from simd.embedder import _batches
+
+    sizes = [len(r) for r in _batches(100, 32)]
+    assert sizes == [8, 8, 16, 32, 32, 4] and sum(sizes) == 100
+    assert [len(r) for r in _batches(16, 32)] == [4, 4, 8]
+    assert [len(r) for r in _batches(20, 32)] == [4, 4, 8, 4]  # every call a bucket size: 1, 2, 4, ..., 32
+    assert [len(r) for r in _batches(5, 32)] == [5]  # too few to split
+    assert [len(r) for r in _batches(10, 6)] == [6, 4]  # not a power of two: never split
+    ranges = _batches(70, 32)
+    assert [i for r in ranges for i in r] == list(range(70))
+
+
+def test_phone_photos_in_a_split_first_batch_match_alone(resnet_backbone, phone_jpeg, tmp_path):
+    """12 MP phone JPEGs embedded 9 at a time (batch 8: split 2, 2, 4, then 1) get the vectors they
+    get one by one, and the network sees only bucket sizes."""
+    flipped = tmp_path / "flipped.jpg"
+    Image.open(phone_jpeg).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped, "JPEG", quality=92)
+    paths = []
+    for i in range(9):  # the photo and its mirror image, alternating; distinct files
+        p = tmp_path / f"PXL_{i}.jpg"
+        p.write_bytes((flipped if i % 2 else phone_jpeg).read_bytes() + bytes([i]))
+        paths.append(p)
+    emb = Embedder(resnet_backbone, batch_size=8)
+    calls = []
+    run = emb._run
+    emb._run = lambda size, batch: calls.append(len(batch)) or run(size, batch)  # type: ignore[method-assign]
+    vectors = emb.embed_files(paths)
+    assert calls == [2, 2, 4, 1]
+    for p, v in zip(paths, vectors, strict=True):
+        [alone] = emb.embed_files([p])
+        np.testing.assert_allclose(v, alone, atol=2e-6)
