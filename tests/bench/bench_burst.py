@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def run(args) -> dict:
             sample = sorted(files)[:: max(1, len(files) // 50)]
             similar_ok = 0
             for rel in sample:
-                out = served.get(f"/api/similar?path={urllib.parse.quote(rel)}&k=10", timeout=60)
+                try:
+                    out = served.get(f"/api/similar?path={urllib.parse.quote(rel)}&k=10", timeout=60)
+                except urllib.error.HTTPError as e:  # 404: not indexed (a run stopped at its deadline)
+                    e.close()
+                    continue
                 similar_ok += out["query"]["path"] == rel and len(out["results"]) == 10
         finally:
             code = served.stop(timeout=60)
