@@ -11,20 +11,9 @@ within rounding of `min_score` and then decide on a float64 rescoring of the two
 depends on the two rows alone: the two functions, any block size and a naive full product give the
 same pairs, scores included.
 
-**Groups** (`groups`): images of the same content hash are one node (identical bytes, always one
-group whatever their vectors). Two nodes are linked when their score is at least `threshold`; a
-group is built from its strongest links first, and two groups are joined only when *every* pair
-between them scores at least `floor` and none was dismissed as "not duplicates". So a chain of
-drifting crops a ~ b ~ c, where a and c score below the floor, is never one group: c is left out
-of {a, b} (or joins whichever side it is close to all of). The same as taking the connected
-components at `threshold` and splitting each one complete-linkage style: deterministic (links by
-score, then ids) and O(k^2) for a component of k nodes. Pairs must have been built with
-`min_score <= floor`: a pair that is absent scores below the floor.
-
-**Dismissals** are keyed by content hashes (frozenset({hash_a, hash_b})), so they survive renames
-and rescans: a dismissed pair is neither a link nor allowed in one group. A dismissed group is all
-its pairs (`group_dismissals`); a new copy (a new hash) of the same photo links to them again and
-starts a group showing it.
+**Groups** (`groups`, from `dupgroups`): identical bytes always together, links at a threshold,
+never two members below a floor or dismissed by the user; `matrix_similarity` scores the pairs a
+component lacks.
 
 **Keep** (`suggest_keep`): an ordered list of rules, each narrowing the members to those it likes
 best, until one is left; each step says what it decided and why.
@@ -32,16 +21,15 @@ best, until one is left; each step says what it decided and why.
 
 from __future__ import annotations
 
-import itertools
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from simd import quantized
 from simd.budget import Stopped
+from simd.dupgroups import Group, Similarity, group_dismissals, groups
 from simd.keeprules import DEFAULT_KEEP_RULES, Keep, KeepStep, Member, parse_keep_rules, suggest_keep
 
 __all__ = [
@@ -49,6 +37,9 @@ __all__ = [
     "DUPLICATE_THRESHOLDS",
     "Group",
     "Keep",
+    "Similarity",
+    "Thresholds",
+    "matrix_similarity",
     "KeepStep",
     "Member",
     "Pairs",
@@ -60,9 +51,19 @@ __all__ = [
     "suggest_keep",
 ]
 
-# Per model id: (threshold, floor). Derived from docs/QUALITY.md's score table and the real copies
-# of tests/test_duplicates.py (see docs/QUALITY.md, "Duplicates"); uncalibrated models get none.
-DUPLICATE_THRESHOLDS: dict[str, tuple[float, float]] = {"efficientnet-lite0": (0.85, 0.75)}
+
+class Thresholds(NamedTuple):
+    """A model's defaults: `threshold` links two images, `floor` is the least any two of a group may
+    score, `lowest` the lowest threshold a request may ask for (the pairs are kept down to it)."""
+
+    threshold: float
+    floor: float
+    lowest: float
+
+
+# Per model id, derived from docs/QUALITY.md's score table and real edited copies (docs/QUALITY.md,
+# "Duplicates"); uncalibrated models have none.
+DUPLICATE_THRESHOLDS: dict[str, Thresholds] = {"efficientnet-lite0": Thresholds(0.70, 0.50, 0.65)}
 
 TILE_BYTES = 32 << 20  # one tile's float32 scores: ~32 MB whatever the index size
 _NORM_TOL = 1e-4  # as simd.vectors: rows this close to unit norm are kept bit-exact
@@ -250,107 +251,13 @@ def _index_candidates(
     return np.concatenate(rows_out), np.concatenate(cols_out)
 
 
-# -- groups ----------------------------------------------------------------------------------------
+def matrix_similarity(ids: Sequence[int] | np.ndarray, matrix: np.ndarray) -> Similarity:
+    """`groups`' similarity from the index's rows, with `build_pairs`' float64 scoring."""
+    row = {int(i): r for r, i in enumerate(np.asarray(ids, dtype=np.int64).ravel().tolist())}
 
+    def score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        li = np.array([row[int(i)] for i in a], np.intp)
+        ri = np.array([row[int(i)] for i in b], np.intp)
+        return _rescore(matrix, matrix, li, ri)
 
-@dataclass(frozen=True)
-class Group:
-    """One group of copies. `members`: ids ascending; `tier`: "identical" (all of the same bytes) or
-    "near-duplicate"; `identical`: the members of the same bytes, 2 or more a set; `min_score` and
-    `max_score`: its weakest and strongest link between different contents (1.0 when there are none)."""
-
-    members: tuple[int, ...]
-    tier: str
-    identical: tuple[tuple[int, ...], ...]
-    min_score: float
-    max_score: float
-
-
-def group_dismissals(hashes: Iterable[str]) -> set[frozenset[str]]:
-    """A whole group's "not duplicates" decision, as the dismissals of all its pairs of contents."""
-    return {frozenset(p) for p in itertools.combinations(sorted(set(hashes)), 2)}
-
-
-def groups(
-    pairs: Pairs | tuple[np.ndarray, np.ndarray, np.ndarray],
-    threshold: float,
-    floor: float,
-    *,
-    hashes: Mapping[int, str | None] | None = None,
-    dismissed: Iterable[frozenset[str]] = (),
-) -> list[Group]:
-    """The groups of copies (2 or more images each), by their smallest id: images of one content hash
-    (`hashes`: id -> hash) always together, other images linked by a score >= `threshold`, no two
-    contents in a group below `floor` or dismissed (see the module's doc)."""
-    if not floor <= threshold:
-        raise ValueError(f"floor {floor} must not be above the threshold {threshold}")
-    hashes = hashes or {}
-    ban = {d for d in dismissed if len(d) == 2}  # one hash: identical bytes are always a group
-    by_hash: dict[str, list[int]] = {}
-    for i, h in hashes.items():
-        if h is not None:
-            by_hash.setdefault(h, []).append(int(i))
-    node_of: dict[int, int] = {}  # id -> its content's node (the smallest id of that hash)
-    ids_of: dict[int, list[int]] = {}  # node -> its ids, for nodes of 2+ ids
-    for same in by_hash.values():
-        if len(same) > 1:
-            same.sort()
-            ids_of[same[0]] = same
-            node_of.update((i, same[0]) for i in same)
-
-    a, b, score = (np.asarray(x) for x in pairs)
-    keep = score >= floor
-    best: dict[tuple[int, int], float] = {}  # (node, node) -> the best score of their ids
-    for i, j, s in zip(a[keep].tolist(), b[keep].tolist(), score[keep].tolist(), strict=True):
-        u, v = node_of.get(i, i), node_of.get(j, j)
-        if u == v:
-            continue
-        hi, hj = hashes.get(i), hashes.get(j)
-        if hi is not None and hj is not None and frozenset((hi, hj)) in ban:
-            continue
-        key = (u, v) if u < v else (v, u)
-        if s > best.get(key, -2.0):
-            best[key] = s
-
-    root: dict[int, int] = {}  # node -> its cluster's root
-    nodes: dict[int, list[int]] = {}  # root -> its nodes
-    ok: dict[int, dict[int, int]] = {}  # root -> {root: node pairs between them scoring >= floor}
-    for u, v in best:
-        ok.setdefault(u, {})[v] = 1
-        ok.setdefault(v, {})[u] = 1
-    for (u, v), s in sorted(best.items(), key=lambda e: (-e[1], e[0])):
-        if s < threshold:
-            break
-        ru, rv = root.get(u, u), root.get(v, v)
-        if ru == rv:
-            continue
-        nu, nv = nodes.setdefault(ru, [ru]), nodes.setdefault(rv, [rv])
-        if ok[ru].get(rv, 0) < len(nu) * len(nv):  # some pair between them below the floor
-            continue
-        if len(nu) < len(nv):
-            ru, rv, nu, nv = rv, ru, nv, nu
-        for w in nv:
-            root[w] = ru
-        nu += nodes.pop(rv)
-        for x, c in ok.pop(rv).items():
-            if x != ru:
-                ok[ru][x] = ok[ru].get(x, 0) + c
-                ok[x][ru] = ok[x].pop(rv) + ok[x].get(ru, 0)
-        ok[ru].pop(rv, None)
-
-    spread: dict[int, list[float]] = {}  # root -> [min, max] of its links
-    for (u, v), s in best.items():
-        r = root.get(u, u)
-        if r == root.get(v, v):
-            lo_hi = spread.setdefault(r, [s, s])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], s), max(lo_hi[1], s)
-    found = []
-    for r in sorted(set(nodes) | (set(ids_of) - set(root))):
-        members = nodes.get(r, [r])
-        if len(members) == 1 and r not in ids_of:
-            continue
-        same = tuple(tuple(ids_of[n]) for n in sorted(members) if n in ids_of)
-        lo, hi = spread.get(r, [1.0, 1.0])
-        ids = tuple(sorted(i for n in members for i in ids_of.get(n, [n])))
-        found.append(Group(ids, "identical" if len(members) == 1 else "near-duplicate", same, lo, hi))
-    return sorted(found, key=lambda g: g.members[0])
+    return score
