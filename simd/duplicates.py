@@ -134,12 +134,15 @@ def build_pairs(
     min_score: float,
     *,
     block: int = 1024,
+    rank: int = 256,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> Pairs:
     """Every pair of rows with cosine >= `min_score`, from tiles of `block` rows by ~32 MB of columns
-    to their right (float32 BLAS), each hit within rounding rescored in float64. `progress(done, total)`
-    after each tile (in tiles); `stop` set: `budget.Stopped` at the next tile."""
+    to their right (float32 BLAS), each pair that may reach it rescored in float64. With `rank`, the
+    tiles are products of `rank`-d projections plus a bound of what they miss (see `_Projection`),
+    when a sample says it prunes. `progress(done, total)` after each tile (in tiles); `stop` set:
+    `budget.Stopped` at the next tile."""
     id_arr = np.asarray(ids, dtype=np.int64).ravel()
     if len(id_arr) != len(matrix):
         raise ValueError(f"{len(id_arr)} ids for {len(matrix)} vectors")
@@ -149,19 +152,22 @@ def build_pairs(
     if n < 2:
         return _empty_pairs()
     m = _unit(matrix)
+    proj = _Projection.fit(m, rank, min_score) if 0 < rank <= m.shape[1] // 4 and n >= 4 * rank else None
+    left, slack = (proj.y, proj.slack) if proj is not None else (m, _slack(m.shape[1]))
     block = max(1, min(int(block), n))
     cols = max(block, TILE_BYTES // (4 * block))
-    cut = np.float32(min_score - _slack(m.shape[1]))
+    cut = np.float32(min_score - slack)
     tiles = [(r, c) for r in range(0, n, block) for c in range(r, n, cols)]
     scores = np.empty((block, cols), np.float32)
-    found_i: list[np.ndarray] = []
-    found_j: list[np.ndarray] = []
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for done, (r, c) in enumerate(tiles):
         if stop is not None and stop.is_set():
             raise Stopped()
-        rows, right = m[r : r + block], m[c : c + cols]
+        rows, right = left[r : r + block], left[c : c + cols]
         s = scores[: len(rows), : len(right)]
         np.matmul(rows, right.T, out=s)
+        if proj is not None:  # an upper bound: + |what the projection misses| of both rows
+            s += np.multiply.outer(proj.e[r : r + block], proj.e[c : c + cols])
         ii, jj = np.nonzero(s >= cut)
         ii += r
         jj += c
@@ -169,16 +175,65 @@ def build_pairs(
             upper = jj > ii
             ii, jj = ii[upper], jj[upper]
         if len(ii):
-            found_i.append(ii)
-            found_j.append(jj)
+            exact = _rescore(m, m, ii, jj)
+            hit = exact >= min_score
+            found.append((ii[hit], jj[hit], exact[hit]))
         if progress is not None:
             progress(done + 1, len(tiles))
-    if not found_i:
+    if not found:
         return _empty_pairs()
-    ii, jj = np.concatenate(found_i), np.concatenate(found_j)
-    exact = _rescore(m, m, ii, jj)
-    keep = exact >= min_score
-    return _finish(id_arr[ii[keep]], id_arr[jj[keep]], exact[keep])
+    ii, jj, exact = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return _finish(id_arr[ii], id_arr[jj], exact)
+
+
+class _Projection:
+    """Unit rows x as y = P^T x, P the top `rank` directions of a sample's second moments (orthonormal,
+    float64), and e = ||x - P y||: then x·x' = y·y' + (x - Py)·(x' - Py') <= y·y' + e e'. A tile
+    of y products (rank/dim of the work) plus e e' bounds every score; only pairs whose bound
+    reaches min_score are rescored. `slack` covers float32 y and products (with a margin)."""
+
+    SAMPLE = 4096  # rows to learn P from
+    PROBE = 256  # rows whose bounds against all say whether it prunes
+    MAX_FRACTION = 0.01  # of pairs left to rescore: above it the full product costs less
+
+    def __init__(self, y: np.ndarray, e: np.ndarray, rank: int):
+        self.y, self.e, self.slack = y, e, _slack(rank) + 1e-6
+
+    @classmethod
+    def fit(cls, m: np.ndarray, rank: int, min_score: float) -> _Projection | None:
+        n, dim = m.shape
+        p = _top_subspace(m[np.linspace(0, n - 1, min(n, cls.SAMPLE)).astype(np.intp)], rank)
+        rank = p.shape[1]
+        y = np.empty((n, rank), np.float32)
+        e = np.empty(n, np.float32)
+        for s in range(0, n, 4096):
+            x = m[s : s + 4096].astype(np.float64)
+            y64 = x @ p
+            rest = np.einsum("ij,ij->i", x, x) - np.einsum("ij,ij->i", y64, y64)
+            y[s : s + len(x)] = y64
+            e[s : s + len(x)] = np.sqrt(np.maximum(rest, 0)) * (1 + 1e-6) + 1e-6
+        proj = cls(y, e, rank)
+        probe = np.linspace(0, n - 1, min(n, cls.PROBE)).astype(np.intp)
+        bound = y[probe] @ y.T + np.multiply.outer(e[probe], e)
+        return proj if np.mean(bound >= min_score - proj.slack) <= cls.MAX_FRACTION else None
+
+
+def _top_subspace(sample: np.ndarray, rank: int) -> np.ndarray:
+    """An orthonormal (dim, <= rank) float64 basis close to the sample's top `rank` directions: three
+    rounds of subspace iteration from a fixed random start, orthonormalised through the small Gram
+    matrix (no LAPACK call on a large matrix: OpenBLAS' threaded QR and eigh crawl on a busy machine)."""
+    s32 = np.ascontiguousarray(sample, dtype=np.float32)
+    q = np.random.default_rng(0).standard_normal((s32.shape[1], rank))
+    for _ in range(3):
+        q = _orthonormal((s32.T @ (s32 @ q.astype(np.float32))).astype(np.float64))
+    return _orthonormal(_orthonormal(q))
+
+
+def _orthonormal(y: np.ndarray) -> np.ndarray:
+    """Columns spanning (nearly all of) y's, orthonormal to ~1e-15 after two calls."""
+    w, v = np.linalg.eigh(y.T @ y)
+    keep = w > w.max() * 1e-10
+    return y @ (v[:, keep] / np.sqrt(w[keep]))
 
 
 def pairs_for(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simd import quantized
+from simd import duplicates, quantized
 from simd.budget import Stopped
 from simd.duplicates import (
     DEFAULT_KEEP_RULES,
@@ -102,6 +102,35 @@ def test_block_size_does_not_change_a_pair_or_a_score(data):
         assert all(np.array_equal(u, v) for u, v in zip(ref, other, strict=True)), block
 
 
+def low_rank(n: int = 1200, dim: int = 512, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Descriptor-like: a rank-40 signal and a little noise, with copies planted."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 40), dtype=np.float32) @ rng.standard_normal((40, dim), dtype=np.float32)
+    x = unit(unit(x) + 0.15 * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim))
+    for r in range(0, n // 2, 4):
+        x[r + 1 : r + 3] = unit(x[r] + 0.1 * unit(rng.standard_normal((2, dim), dtype=np.float32)))
+    return np.arange(100, 100 + n, dtype=np.int64), x
+
+
+@pytest.mark.parametrize("kind", ["low-rank", "isotropic"])
+def test_the_projected_first_pass_prunes_when_it_can_and_is_exact_either_way(monkeypatch, kind):
+    """Products of 48-d projections plus a bound of what they miss: the same pairs and scores as the
+    full product; on data it cannot prune (isotropic) a sample says so and the full product runs."""
+    ids, x = low_rank()
+    if kind == "isotropic":
+        x = unit(np.random.default_rng(4).standard_normal(x.shape, dtype=np.float32))
+        x[1] = unit(x[0] + 0.05 * x[2])
+    fitted = []
+    fit = duplicates._Projection.fit
+    monkeypatch.setattr(duplicates._Projection, "fit", lambda *a: fitted.append(fit(*a)) or fitted[-1])
+    got = build_pairs(ids, x, 0.8, rank=48, block=300)
+    assert (fitted[0] is not None) == (kind == "low-rank")
+    full = build_pairs(ids, x, 0.8, rank=0)
+    assert all(np.array_equal(u, v) for u, v in zip(got, full, strict=True))
+    same_pairs(as_dict(got), brute(ids, x, 0.8), 0.8)
+    assert len(got.a) >= (1 if kind == "isotropic" else 300)
+
+
 def test_progress_and_stop(data):
     ids, x = data
     seen: list[tuple[int, int]] = []
@@ -185,10 +214,11 @@ def test_groups_are_the_brute_force_s(data):
     naive = lambda a, b: full[[row[int(i)] for i in a], [row[int(j)] for j in b]]  # noqa: E731
     want_pairs = brute(ids, x, 0.85)
     ref = pairs_of([(a, b, s) for (a, b), s in sorted(want_pairs.items())])
+    built = build_pairs(ids, x, 0.85)
     for threshold, floor in [(0.9, 0.6), (0.85, 0.85), (0.95, 0.3)]:
-        got = groups(build_pairs(ids, x, 0.85), threshold, floor, similarity=matrix_similarity(ids, x))
+        got = groups(built, threshold, floor, similarity=matrix_similarity(ids, x))
         assert got and members(got) == members(groups(ref, threshold, floor, similarity=naive))
-    got = groups(build_pairs(ids, x, 0.85), 0.85, 0.6, similarity=matrix_similarity(ids, x))
+    got = groups(built, 0.85, 0.6, similarity=matrix_similarity(ids, x))
     parent: dict[int, int] = {}
 
     def find(i):
