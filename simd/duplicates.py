@@ -118,6 +118,15 @@ def _rescore(left: np.ndarray, right: np.ndarray, li: np.ndarray, ri: np.ndarray
     return out
 
 
+def _scores32(m: np.ndarray, li: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """float32 products of rows m[li] and m[ri], pair by pair (within `_slack(dim)` of the float64 ones)."""
+    out = np.empty(len(li), np.float32)
+    for s in range(0, len(li), _RESCORE_CHUNK):
+        part = slice(s, s + _RESCORE_CHUNK)
+        out[part] = np.einsum("ij,ij->i", m[li[part]], m[ri[part]])
+    return out
+
+
 def _finish(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> Pairs:
     """Ordered a < b, sorted by (a, b), with a pair given twice kept once."""
     lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
@@ -174,6 +183,9 @@ def build_pairs(
         if c < r + len(rows):  # the tile holds the diagonal: the upper triangle only
             upper = jj > ii
             ii, jj = ii[upper], jj[upper]
+        if len(ii) and proj is not None:  # the bound's candidates: float32 scores first (no float64 copies)
+            near = _scores32(m, ii, jj) >= np.float32(min_score - _slack(m.shape[1]))
+            ii, jj = ii[near], jj[near]
         if len(ii):
             exact = _rescore(m, m, ii, jj)
             hit = exact >= min_score
@@ -221,19 +233,28 @@ class _Projection:
 def _top_subspace(sample: np.ndarray, rank: int) -> np.ndarray:
     """An orthonormal (dim, <= rank) float64 basis close to the sample's top `rank` directions: three
     rounds of subspace iteration from a fixed random start, orthonormalised through the small Gram
-    matrix (no LAPACK call on a large matrix: OpenBLAS' threaded QR and eigh crawl on a busy machine)."""
+    matrix (no LAPACK: OpenBLAS' threaded QR and eigh crawl on a busy machine)."""
     s32 = np.ascontiguousarray(sample, dtype=np.float32)
     q = np.random.default_rng(0).standard_normal((s32.shape[1], rank))
     for _ in range(3):
         q = _orthonormal((s32.T @ (s32 @ q.astype(np.float32))).astype(np.float64))
-    return _orthonormal(_orthonormal(q))
+    return q
 
 
 def _orthonormal(y: np.ndarray) -> np.ndarray:
-    """Columns spanning (nearly all of) y's, orthonormal to ~1e-15 after two calls."""
-    w, v = np.linalg.eigh(y.T @ y)
-    keep = w > w.max() * 1e-10
-    return y @ (v[:, keep] / np.sqrt(w[keep]))
+    """Columns spanning (nearly all of) y's, orthonormal to ~1e-15: Gram-Schmidt twice per column
+    (products of a few hundred columns, no LAPACK); columns with nothing new are dropped."""
+    q = np.empty_like(y)
+    k = 0
+    for j in range(y.shape[1]):
+        v = y[:, j].copy()
+        for _ in range(2):
+            v -= q[:, :k] @ (q[:, :k].T @ v)
+        norm = float(np.sqrt(v @ v))
+        if norm > 1e-6 * float(np.sqrt(y[:, j] @ y[:, j])):
+            q[:, k] = v / norm
+            k += 1
+    return q[:, :k]
 
 
 def pairs_for(
