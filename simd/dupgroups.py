@@ -26,6 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Components of more nodes than this (at the threshold) are not filled in by `similarity`: their
+# absent pairs count as below the floor (k^2 scores would be too many; such a component is a
+# threshold set too low for the library, not a group of copies).
+FILL_MAX = 2000
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def _fill_components(
     ban: set[frozenset[str]],
 ) -> None:
     """Add to `best` the absent node pairs, scoring >= floor and not dismissed, inside each connected
-    component of the links >= threshold: what the floor check needs (k^2 for k nodes)."""
+    component of the links >= threshold, up to FILL_MAX nodes: what the floor check needs (k^2 for k nodes)."""
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -162,18 +166,19 @@ def _fill_components(
     members: dict[int, list[int]] = {}
     for x in list(parent):
         members.setdefault(find(x), []).append(x)
-    a_list, b_list = [], []
     for some in members.values():
-        nodes = sorted(set(some) | {find(some[0])})
-        if len(nodes) > 2:
-            for u, v in itertools.combinations(nodes, 2):
-                if (u, v) not in best:
-                    a_list.append(u)
-                    b_list.append(v)
-    if not a_list:
-        return
-    scores = similarity(np.array(a_list, np.int64), np.array(b_list, np.int64))
-    for u, v, s in zip(a_list, b_list, np.asarray(scores, np.float64).tolist(), strict=True):
-        hu, hv = hashes.get(u), hashes.get(v)
-        if s >= floor and not (hu is not None and hv is not None and frozenset((hu, hv)) in ban):
-            best[(u, v)] = s
+        nodes = np.array(sorted(set(some) | {find(some[0])}), np.int64)
+        if not 2 < len(nodes) <= FILL_MAX:  # larger: absent pairs count as below the floor
+            continue
+        ii, jj = np.triu_indices(len(nodes), 1)
+        for s in range(0, len(ii), 1 << 16):  # in slices: memory bounded for any component
+            us, vs = nodes[ii[s : s + (1 << 16)]], nodes[jj[s : s + (1 << 16)]]
+            absent = np.array([(u, v) not in best for u, v in zip(us.tolist(), vs.tolist(), strict=True)], bool)
+            if not absent.any():
+                continue
+            us, vs = us[absent], vs[absent]
+            scores = np.asarray(similarity(us, vs), np.float64)
+            for u, v, score in zip(us.tolist(), vs.tolist(), scores.tolist(), strict=True):
+                hu, hv = hashes.get(u), hashes.get(v)
+                if score >= floor and not (hu is not None and hv is not None and frozenset((hu, hv)) in ban):
+                    best[(u, v)] = score
