@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simd import duplicates, quantized
+from simd import dupgroups, duplicates, quantized
 from simd.budget import Stopped
 from simd.duplicates import (
     DEFAULT_KEEP_RULES,
@@ -235,7 +235,7 @@ def test_groups_are_the_brute_force_s(data):
     assert all(g.tier == "near-duplicate" and 0.6 <= g.min_score <= g.max_score for g in got)
 
 
-def test_a_chain_of_drifting_crops_is_not_one_group():
+def test_a_chain_of_drifting_crops_is_not_one_group(monkeypatch):
     # a ~ b (0.91), b ~ c (0.90), but a and c only 0.62: below the floor
     chain = [(1, 2, 0.91), (2, 3, 0.90), (1, 3, 0.62)]
     assert members(groups(pairs_of(chain), 0.85, 0.7)) == [(1, 2)]
@@ -252,6 +252,9 @@ def test_a_chain_of_drifting_crops_is_not_one_group():
     assert members(groups(pairs_of(more), 0.85, 0.7)) == [(1, 2), (3, 4, 5)]
     with pytest.raises(ValueError, match="floor"):
         groups(kept, 0.8, 0.9)
+    # a component too large to fill in: its absent pairs count as below the floor
+    monkeypatch.setattr(dupgroups, "FILL_MAX", 2)
+    assert members(groups(kept, 0.85, 0.6, similarity=sim)) == [(1, 2)]
 
 
 def test_matrix_similarity_scores_as_build_pairs_does(data):
