@@ -17,9 +17,7 @@ resize filter, aspect handling, pooling, flip averaging, scales), so tuning is a
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
+import contextlib
 import logging
 import os
 import threading
@@ -119,8 +117,8 @@ _FILTERS = {
 class Embedder:
     """Embeds files, PIL images and uploaded bytes with one backbone and one descriptor.
 
-    Thread-safe: network calls are serialised by a lock (two concurrent batches would only double
-    peak memory on a CPU that is already busy), decoding runs outside it.
+    Thread-safe: network calls take turns (`_network_turn`: two concurrent batches would only double
+    peak memory on a CPU that is already busy), decoding runs outside them.
     """
 
     def __init__(
@@ -159,7 +157,12 @@ class Embedder:
         self.sizes = input_sizes(backbone.input_size, descriptor)
         self.buckets = sorted({min(2**i, batch_size) for i in range(batch_size.bit_length() + 1)})
         self.images_embedded = 0
-        self._lock = threading.Lock()
+        # The network runs one call at a time. An upload (a person waiting for an answer) goes
+        # before the indexer's next batch: with a plain lock the indexer, which asks again at
+        # once, kept it for minutes during a burst of new files (uploads waited 23-62 s).
+        self._turns = threading.Condition()
+        self._network_busy = False
+        self._uploads_waiting = 0
         # runs uint8 (n, S, S, 3) -> float32 (n, dim): TensorFlow (tfnet) or ONNX Runtime (onnx)
         self.network = network if network is not None else TFNetwork(backbone, descriptor)
 
@@ -240,13 +243,13 @@ class Embedder:
         """Vector of an already decoded (and upright) PIL image."""
         if image.mode != "RGB":
             image = image.convert("RGB")
-        return self._embed_arrays([self._prepare(image)])[0]
+        return self._embed_arrays([self._prepare(image)], first=True)[0]
 
     def embed_bytes(self, data: bytes, name: str) -> np.ndarray:
         """Vector of an uploaded image, decoded and embedded one upload at a time (UPLOAD_SLOTS);
         raises ImageError if it cannot be decoded or has more than `max_upload_pixels`, Busy when
         too many uploads are in line."""
-        from simd.imaging import open_image
+        from simd.imaging import open_image, release_free_memory
 
         if not self._upload_line.acquire(blocking=False):
             raise Busy(f"{UPLOAD_SLOTS + UPLOAD_WAITING} uploads are in line already; try again in a moment")
@@ -265,7 +268,7 @@ class Embedder:
                 return self.embed_image(image)
             finally:
                 del image  # the decoded pixels go before their memory is handed back
-                _release_free_memory()
+                release_free_memory()
                 self._upload_turn.release()
         finally:
             self._upload_line.release()
@@ -313,10 +316,28 @@ class Embedder:
         return out
 
     # -- network
-    def _embed_arrays(self, prepared: list[list[np.ndarray]]) -> list[np.ndarray]:
+    @contextlib.contextmanager
+    def _network_turn(self, first: bool):
+        """Hold the network for one call; `first` (an upload) goes before any batch that waits."""
+        with self._turns:
+            self._uploads_waiting += first
+            try:
+                while self._network_busy or (not first and self._uploads_waiting):
+                    self._turns.wait()
+            finally:
+                self._uploads_waiting -= first
+            self._network_busy = True
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._network_busy = False
+                self._turns.notify_all()
+
+    def _embed_arrays(self, prepared: list[list[np.ndarray]], *, first: bool = False) -> list[np.ndarray]:
         n = len(prepared)
         total = np.zeros((n, self.dim), dtype=np.float32)
-        with self._lock:
+        with self._network_turn(first):
             for s, size in enumerate(self.sizes):
                 batch = np.stack([p[s] for p in prepared])
                 pooled = self._run(size, batch)
@@ -358,23 +379,6 @@ def _batches(n: int, batch_size: int) -> list[range]:
         out.append(range(start, min(start + size, n)))
         start += size
     return out
-
-
-@functools.cache
-def _malloc_trim():
-    libc = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
-    except OSError:
-        return None
-
-
-def _release_free_memory() -> None:
-    """Hand memory freed by a large decode back to the system: glibc keeps it otherwise (a
-    10000x10000 PNG upload left the daemon 0.5 GB larger for good). No-op without glibc."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ callers in the process keep Pillow's defaults.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import io
 import logging
@@ -362,3 +364,20 @@ def write_thumbnail(img: Image.Image, dest_path: str | os.PathLike, max_side: in
             os.unlink(tmp)
         raise
     return img.size
+
+
+@functools.cache
+def _malloc_trim():
+    libc = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by a large decode back to the system: glibc keeps it otherwise (a
+    10000x10000 PNG upload left the daemon 0.5 GB larger for good). No-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

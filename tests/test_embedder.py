@@ -227,3 +227,37 @@ def test_phone_photos_in_a_split_first_batch_match_alone(resnet_backbone, phone_
     for p, v in zip(paths, vectors, strict=True):
         [alone] = emb.embed_files([p])
         np.testing.assert_allclose(v, alone, atol=2e-6)
+
+
+def test_an_upload_goes_before_the_indexers_next_batch(lite0_backbone, photos, phone_jpeg):
+    """While the indexer embeds file after file, an upload (someone waiting on the page) takes the
+    network at the next turn, not after the indexer's run: the indexer asks again the moment its
+    call ends, and a plain lock let it keep the network for minutes during a burst."""
+    import threading
+    import time
+
+    emb = Embedder(lite0_backbone, batch_size=2)
+    inner, calls = emb.network, []
+
+    class Recording:  # the real network, each call stretched so that the upload waits for a turn
+        def run(self, size, batch):
+            calls.append(threading.current_thread().name)
+            time.sleep(0.3)
+            return inner.run(size, batch)
+
+    emb.network = Recording()
+    files = photos["good"] * 4
+    indexer = threading.Thread(target=emb.embed_files, args=(files,), name="indexer")
+    indexer.start()
+    try:
+        while calls.count("indexer") < 2:
+            time.sleep(0.01)
+        asked = len(calls)
+        vector = emb.embed_bytes(phone_jpeg.read_bytes(), "PXL.jpg")
+        upload_at = calls.index(threading.current_thread().name)
+        assert upload_at - asked <= 1, calls  # at most the call already running went first
+        assert indexer.is_alive(), "the upload must not wait for the indexer's whole run"
+        assert vector.shape == (emb.dim,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    finally:
+        indexer.join(120)
+    assert calls.count("indexer") >= len(files) // 2
