@@ -53,9 +53,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-# The slow reliability tests (kill -9 of simd serve, twenty times mid-index); CI runs them too.
+# The slow reliability tests (kill -9 of simd serve, twenty times mid-index; a burst of files
+# while 20 clients query); CI runs them too.
 test-reliability: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m slow tests/test_crash_serve.py $(ARGS)
+	$(BIN)/python -m pytest -m slow tests/test_crash_serve.py tests/test_burst_clients.py $(ARGS)
 
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
