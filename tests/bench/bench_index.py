@@ -128,12 +128,16 @@ def child_model(args) -> dict:
     from simd.embedder import Embedder
 
     backbone = _load(args.backbone, args.weights)
-    try:
-        emb = Embedder(backbone, batch_size=BATCH, runtime=args.runtime)  # type: ignore[call-arg]
-    except TypeError:  # an embedder without a choice of runtime: TensorFlow
-        if args.runtime != "tensorflow":
-            raise SystemExit(f"this simd's Embedder has no runtime option; cannot measure {args.runtime}") from None
-        emb = Embedder(backbone, batch_size=BATCH)
+    emb = Embedder(backbone, batch_size=BATCH)  # TensorFlow's tf.function
+    if args.runtime == "onnxruntime":  # the same function converted (or taken from the cache)
+        from simd.backbones.onnx import open_network
+
+        network = open_network(
+            backbone.id, backbone.classes, emb.descriptor, emb.sizes, backbone.weights_file, convert_from=emb.network
+        )
+        if network is None:
+            raise SystemExit("ONNX Runtime could not run this network")
+        emb.network = network
     paths = sorted(Path(args.folder).glob("*.jpg"))[:BATCH]
     prepared = [emb._decode_file(p) for p in paths]
     prepared = (prepared * BATCH)[:BATCH]  # a full batch even from a folder of fewer photos
@@ -189,21 +193,15 @@ def run_measured(argv: list[str], env: dict | None = None) -> tuple[dict | str, 
     return result, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def has_setting(name: str) -> bool:
-    from simd import config
-
-    return any(s.name == name for s in config.SETTINGS)
-
-
-def measure(args, backbone: str, weights: str | None, folder: Path, count: int, tmp: Path) -> dict:
+def measure(args, backbone: str, weights: str | None, folder: Path, count: int, tmp: Path, runtime: str) -> dict:
     py = sys.executable
     me = str(Path(__file__).resolve())
-    common = ["--backbone", backbone, "--folder", str(folder), "--count", str(count), "--runtime", args.runtime]
+    common = ["--backbone", backbone, "--folder", str(folder), "--count", str(count), "--runtime", runtime]
     if weights:
         common += ["--weights", weights]
-    row: dict = {"backbone": backbone, "folder": folder.name, "n": count}
+    row: dict = {"backbone": backbone, "folder": folder.name, "n": count, "runtime": runtime}
 
-    if not args.no_original:
+    if not args.no_original and runtime == args.runtime.split(",")[0]:  # once per backbone and folder
         n_orig = min(count, args.original)
         res, _, cpu, rss = run_measured(
             [py, me, "--child", "original", *common[:4], "--count", str(n_orig), *common[6:]]
@@ -225,12 +223,11 @@ def measure(args, backbone: str, weights: str | None, folder: Path, count: int, 
 
     # (c) the real CLI, a fresh state dir; then once more with nothing to do (start-up alone)
     state = tmp / f"state-{backbone}-{folder.name}-{time.monotonic_ns()}"
-    config = tmp / f"config-{backbone}.toml"
+    config = tmp / f"config-{backbone}-{runtime}.toml"
     lines = [f'model = "{backbone}"', "weights_download = false"]
     if weights:
         lines.append(f'weights = "{weights}"')
-    if args.runtime != "tensorflow" or has_setting("runtime"):
-        lines.append(f'runtime = "{args.runtime}"')  # a config without the setting refuses it: fine
+    lines.append(f'runtime = "{runtime}"')
     config.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("SIMD_CONFIG", None)
@@ -311,7 +308,7 @@ def render(args, rows: list[dict], info: dict, load_before, load_after, started:
         f"Photos: *12 MP*: {args.large} phone JPEGs 4000x3000 (`tests/images.py` `make_phone_photo`, 3.7-3.9 MB, "
         f"grain, phone EXIF); *800x600*: {args.small} JPEGs of the same scenes. ResNet50: seeded random "
         "weights from an .h5 (same speed as ImageNet's); EfficientNet-Lite0: its real weights. "
-        f"Runtime: {args.runtime}.",
+        f"Runtimes: {args.runtime}.",
         "",
         "*original*: `keras.utils.load_img(target_size=(224, 224))` + preprocess + `model.predict`, one "
         f"image at a time (first {args.original} photos). *model-only*: `Embedder._run` on prepared uint8 "
@@ -323,17 +320,18 @@ def render(args, rows: list[dict], info: dict, load_before, load_after, started:
         "process's user + system time per image (for simd index: minus a second, idle `simd index`; "
         "it includes the build).",
         "",
-        "| backbone | photos | original img/s | model-only img/s | simd index img/s | index / model | "
+        "| backbone | photos | runtime | original img/s | model-only img/s | simd index img/s | index / model | "
         "built: index / model | index / original | CPU ms/img original / model / index | "
         "peak RSS MB original / model / index | start-up s | build s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
+    originals = {(r["backbone"], r["label"]): r["original"] for r in rows if r.get("original")}
     for r in rows:
-        o, m, x = r.get("original"), r["model"], r["index"]
+        o, m, x = originals.get((r["backbone"], r["label"])), r["model"], r["index"]
         lines.append(
-            f"| {r['backbone']} | {r['n']} x {r['label']} | {o['ips']:.2f} | "
+            f"| {r['backbone']} | {r['n']} x {r['label']} | {r['runtime']} | {o['ips']:.2f} | "
             if o
-            else f"| {r['backbone']} | {r['n']} x {r['label']} |  | "
+            else f"| {r['backbone']} | {r['n']} x {r['label']} | {r['runtime']} |  | "
         )
         lines[-1] += (
             f"{m['ips']:.2f} | {x['ips']:.2f} | {x['ips'] / m['ips']:.2f} | **{x['ips_built'] / m['ips']:.2f}** | "
@@ -343,6 +341,16 @@ def render(args, rows: list[dict], info: dict, load_before, load_after, started:
             + (f"{o['rss']:.0f} / " if o else "- / ")
             + f"{m['rss']:.0f} / {x['rss']:.0f} | {x['startup_s']:.1f} | {m['build']:.1f} |"
         )
+    lines.append("")
+    tf = {(r["backbone"], r["label"]): r["model"] for r in rows if r["runtime"] == "tensorflow"}
+    for r in rows:
+        base = tf.get((r["backbone"], r["label"]))
+        if r["runtime"] != "tensorflow" and base:
+            lines.append(
+                f"- {r['backbone']}, {r['label']}: {r['runtime']} model-only is "
+                f"**{r['model']['ips'] / base['ips']:.2f}x** TensorFlow's tf.function "
+                f"(CPU ms/img {r['model']['cpu_ms']:.0f} against {base['cpu_ms']:.0f})."
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -354,7 +362,7 @@ def main(argv=None) -> int:
     ap.add_argument("--original", type=int, default=16, help="photos for the original loop (default 16)")
     ap.add_argument("--no-original", action="store_true", help="skip (a)")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--runtime", default="tensorflow", choices=("tensorflow", "onnxruntime"))
+    ap.add_argument("--runtime", default="tensorflow,onnxruntime", help="runtimes, comma-separated (default both)")
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "simd-bench-index"), help="photo cache")
     ap.add_argument("--write", action="store_true", help=f"replace '{HEADING}' in docs/BENCHMARKS.md")
     # one measurement in a child process
@@ -390,10 +398,11 @@ def main(argv=None) -> int:
         for backbone in args.backbones.split(","):
             weights = str(resnet_weights(data)) if backbone == "resnet50" else None
             for folder, count, label in folders:
-                print(f"{backbone}, {count} x {label}:", flush=True)
-                row = measure(args, backbone, weights, folder, count, Path(tmp))
-                row["label"] = label
-                rows.append(row)
+                for runtime in args.runtime.split(","):
+                    print(f"{backbone}, {count} x {label}, {runtime}:", flush=True)
+                    row = measure(args, backbone, weights, folder, count, Path(tmp), runtime)
+                    row["label"] = label
+                    rows.append(row)
     load_after = os.getloadavg()
     text = render(args, rows, info, load_before, load_after, started, (time.perf_counter() - t0) / 60)
     print()
