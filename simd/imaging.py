@@ -10,8 +10,6 @@ callers in the process keep Pillow's defaults.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import io
 import logging
@@ -368,6 +366,9 @@ def write_thumbnail(img: Image.Image, dest_path: str | os.PathLike, max_side: in
 
 @functools.cache
 def _malloc_trim():
+    import ctypes  # here, not at the top: only uploads need it, and `simd index` starts without it
+    import ctypes.util
+
     libc = ctypes.util.find_library("c")
     try:
         return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
