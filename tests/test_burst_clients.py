@@ -31,7 +31,9 @@ UPLOADERS = 2
 
 @pytest.mark.slow  # minutes on a loaded 2-core machine: `make test-all`
 @pytest.mark.timeout(2400)
-def test_a_burst_with_twenty_clients_querying_is_indexed_whole_and_every_request_is_answered(tmp_path, phone_jpeg):
+def test_a_burst_with_twenty_clients_querying_is_indexed_whole_and_every_request_is_answered(
+    tmp_path, phone_jpeg, lite0_converted
+):
     lib, state = tmp_path / "library", tmp_path / "state"
     blobs = sample_jpegs(SEEDS + BURST - 1, seed=21)
     (lib / "seed").mkdir(parents=True)

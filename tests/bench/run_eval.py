@@ -2,6 +2,7 @@
 
     python tests/bench/run_eval.py [--kit /tmp/simd-eval] [--model efficientnet-lite0]
                                    [--descriptors seed,default] [--out docs/quality-run.json]
+    python tests/bench/run_eval.py --descriptors default@tensorflow,default@onnxruntime   # runtimes side by side
 
 For each descriptor: index each kit library with `simd index --json` (indexing throughput, images/s),
 then start `simd serve` on it (the index is already up to date) and score it with the kit's own
@@ -32,9 +33,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_task(kit: Path, task: str, descriptor: str, model: str, work: Path) -> dict:
+def run_task(kit: Path, task: str, variant: str, model: str, work: Path) -> dict:
+    """`variant`: a descriptor, or descriptor@runtime (the `runtime` setting)."""
+    descriptor, _, runtime = variant.partition("@")
     env = {**os.environ, "SIMD_DESCRIPTOR": descriptor, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    state = work / f"{descriptor}-{task}"
+    if runtime:
+        env["SIMD_RUNTIME"] = runtime
+    state = work / f"{variant}-{task}"
     library = kit / task
     t = time.perf_counter()
     out = subprocess.run(
@@ -47,7 +52,7 @@ def run_task(kit: Path, task: str, descriptor: str, model: str, work: Path) -> d
     summary = json.loads(out.stdout)
     summary["wall_s"] = round(time.perf_counter() - t, 1)
     port = free_port()
-    log = open(work / f"{descriptor}-{task}.log", "w")
+    log = open(work / f"{variant}-{task}.log", "w")
     server = subprocess.Popen(
         [*SIMD, "serve", str(library), "--state-dir", str(state), "--model", model, "--port", str(port)],
         env=env,
@@ -55,7 +60,7 @@ def run_task(kit: Path, task: str, descriptor: str, model: str, work: Path) -> d
         stderr=subprocess.STDOUT,
     )
     try:
-        result_file = work / f"{descriptor}-{task}.json"
+        result_file = work / f"{variant}-{task}.json"
         subprocess.run(
             [
                 sys.executable,
