@@ -174,7 +174,7 @@ class Embedder:
         takes them only then) and it is converted once; if that fails, TensorFlow runs it."""
         from simd.backbones import configure_tensorflow, load_backbone, resolve_source
         from simd.backbones.onnx import NAME as ORT
-        from simd.backbones.onnx import open_network
+        from simd.backbones.onnx import convert_apart, open_network
 
         name, descriptor = model or config.model, descriptor or config.descriptor
         options = dict(
@@ -186,7 +186,10 @@ class Embedder:
         if config.runtime == ORT and (source := resolve_source(name, config.weights)) is not None:
             spec, weights = source
             d = resolve_descriptor(descriptor, spec.id)
-            network = open_network(spec.id, spec.classes, d, input_sizes(spec.input_size, d), weights, **ort)
+            sizes = input_sizes(spec.input_size, d)
+            network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
+            if network is None and weights is not None and convert_apart(config, name, descriptor):
+                network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
             if network is not None:
                 return cls(spec, descriptor=d, network=network, **options)._started()
         if config.tf_threads:

@@ -34,10 +34,9 @@ if "SIMD_MODEL_CACHE" not in os.environ:
 
 @pytest.fixture(scope="session")
 def lite0_converted():
-    """EfficientNet-Lite0 converted to ONNX into this run's model cache by a process of its own, so
-    that a daemon started afterwards loads it without TensorFlow. For tests that measure a daemon's
-    memory: a daemon that converts at its start keeps TensorFlow and the converter's memory (~2 GB
-    more) until it stops."""
+    """EfficientNet-Lite0 converted to ONNX into this run's model cache beforehand, so that a daemon
+    started afterwards loads it in a second or two: for tests that time a daemon's work, which the
+    one-time conversion (5-30 s) is not part of."""
     code = (
         "from simd.config import Config; from simd.embedder import Embedder; "
         "print(Embedder.from_config(Config({'library': '.', 'model': 'efficientnet-lite0', "

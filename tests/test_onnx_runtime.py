@@ -152,6 +152,34 @@ def test_a_later_start_loads_the_cache_without_tensorflow(embedders, cache, resn
     assert _cosines([np.array(out["vector"], np.float32)], [want])[0] >= 0.9999
 
 
+def test_the_first_start_converts_in_a_process_of_its_own_and_never_imports_tensorflow(tmp_path, phone_jpeg):
+    """An empty cache: the conversion runs in a child process, so the daemon's own process never
+    holds TensorFlow and the converter (a daemon that converted in itself kept ~2 GB more until
+    it stopped); it then loads the cached file like any later start."""
+    config = _config(tmp_path / "cache", LITE0).as_dict()
+    r = subprocess.run(
+        [sys.executable, "-c", _FRESH_START + _PEAK, json.dumps(config), str(phone_jpeg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != ortnet.CONVERT_HERE_ENV},
+    )
+    assert r.returncode == 0, r.stderr
+    out, peak_mb = json.loads(r.stdout.splitlines()[-2]), float(r.stdout.splitlines()[-1])
+    assert (out["tensorflow"], out["keras"]) == (False, False)
+    assert out["network"].startswith("onnxruntime ") and "(cached in" in out["network"]
+    assert len(list((tmp_path / "cache").glob(f"{LITE0}-*.onnx"))) == 1
+    assert peak_mb < 600, peak_mb  # ~125 MB measured; TensorFlow alone takes ~700
+
+
+# VmHWM: this process's own peak (ru_maxrss would include the forking test process's, kept at exec)
+_PEAK = """
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(int(hwm.split()[1]) / 1024)
+"""
+
+
 def test_the_cache_key_follows_the_weights_file_and_the_descriptor(resnet_h5, tmp_path):
     default, seed = resolve_descriptor("default", RESNET), resolve_descriptor("seed", RESNET)
     key = ortnet.cache_key(RESNET, 0, default, 224, resnet_h5)
@@ -171,7 +199,8 @@ def test_the_cache_key_follows_the_weights_file_and_the_descriptor(resnet_h5, tm
     assert ortnet.cache_key(RESNET, 0, default, 224, Path(copy)) != before
 
 
-def test_a_truncated_cached_model_is_converted_again(embedders, cache, tmp_path, photos, caplog):
+def test_a_truncated_cached_model_is_converted_again(embedders, cache, tmp_path, photos, caplog, monkeypatch):
+    monkeypatch.setenv(ortnet.CONVERT_HERE_ENV, "1")  # what the converting child itself does
     embedders[LITE0, "onnxruntime"]
     damaged = tmp_path / "cache"
     shutil.copytree(cache, damaged)
@@ -190,7 +219,8 @@ def test_a_truncated_cached_model_is_converted_again(embedders, cache, tmp_path,
     assert cos.min() >= 0.9999
 
 
-def test_a_cache_that_cannot_be_written_converts_in_memory(embedders, tmp_path, photos, caplog):
+def test_a_cache_that_cannot_be_written_converts_in_memory(embedders, tmp_path, photos, caplog, monkeypatch):
+    monkeypatch.setenv(ortnet.CONVERT_HERE_ENV, "1")  # what the converting child itself does
     blocked = tmp_path / "cache"
     blocked.write_text("a file where the cache directory should be\n")
     with caplog.at_level(logging.WARNING, logger="simd.backbones.onnx"):
@@ -207,6 +237,7 @@ def test_a_failed_conversion_keeps_tensorflow_with_one_warning(embedders, tmp_pa
         raise ValueError("tf2onnx could not map an op")
 
     monkeypatch.setattr(ortnet, "_convert", broken)
+    monkeypatch.setenv(ortnet.CONVERT_HERE_ENV, "1")  # what the converting child itself does
     with caplog.at_level(logging.WARNING, logger="simd.backbones.onnx"):
         emb = Embedder.from_config(_config(tmp_path / "cache", LITE0))
     assert [r.levelno for r in caplog.records] == [logging.WARNING]

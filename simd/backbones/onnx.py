@@ -14,7 +14,10 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ NAME = "onnxruntime"
 FORMAT = 1  # bump when the conversion changes in a way the other key parts do not show
 OPSET = 17
 CACHE_ENV = "SIMD_MODEL_CACHE"
+CONVERT_HERE_ENV = "SIMD_CONVERT_HERE"  # set: convert in this process (the child of `convert_apart`)
 _unavailable: str | None = None  # why onnxruntime cannot be imported, once that is known
 
 
@@ -66,6 +70,44 @@ def cache_key(backbone_id: str, classes: int, descriptor: Any, size: int, weight
     }
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:20]
     return f"{backbone_id}-{size}-{digest}"
+
+
+def convert_apart(config: Any, model: str, descriptor: str) -> bool:
+    """Convert `model` into the cache in a process of its own (`Embedder.from_config` there, on
+    the same settings): TensorFlow and the converter hold ~1-6 GB that a process never hands back,
+    and a daemon that converted in itself kept them until it stopped. True when the child
+    succeeded; False (one WARNING) when it failed, or when this process is that child."""
+    if os.environ.get(CONVERT_HERE_ENV):
+        return False
+    what = model
+    chosen = {"model": model, "descriptor": descriptor, "weights": config.weights, "model_cache": config.model_cache}
+    settings = {
+        "library": ".",
+        "runtime": NAME,
+        "weights_download": False,
+        "tf_threads": config.tf_threads,
+        **{k: str(v) for k, v in chosen.items() if v is not None},
+    }
+    code = (
+        "import json, sys; from simd.config import Config; from simd.embedder import Embedder; "
+        "Embedder.from_config(Config(json.loads(sys.argv[1])))"
+    )
+    env = {**os.environ, CONVERT_HERE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    log.info("converting %s for %s once, in a separate process (seconds to a minute)", what, NAME)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(settings)], env=env, capture_output=True, text=True, timeout=3600
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("cannot convert %s in a separate process (%s); converting here", what, e)
+        return False
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        log.warning("converting %s in a separate process failed (%s); converting here", what, last)
+        return False
+    log.info("converted %s in %.0f s", what, time.monotonic() - started)
+    return True
 
 
 class OrtNetwork:
