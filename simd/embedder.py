@@ -183,12 +183,15 @@ class Embedder:
             max_upload_pixels=config.max_upload_pixels,
         )
         ort = dict(cache=config.model_cache, threads=config.tf_threads)
-        if config.runtime == ORT and (source := resolve_source(name, config.weights)) is not None:
+        if (
+            config.runtime == ORT
+            and (source := resolve_source(name, config.weights, config.weights_download)) is not None
+        ):
             spec, weights = source
             d = resolve_descriptor(descriptor, spec.id)
             sizes = input_sizes(spec.input_size, d)
             network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
-            if network is None and weights is not None and convert_apart(config, name, descriptor):
+            if network is None and weights is not None and convert_apart(config, spec.id, descriptor):
                 network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
             if network is not None:
                 return cls(spec, descriptor=d, network=network, **options)._started()

@@ -173,6 +173,27 @@ def test_the_first_start_converts_in_a_process_of_its_own_and_never_imports_tens
     assert peak_mb < 600, peak_mb  # ~125 MB measured; TensorFlow alone takes ~700
 
 
+def test_model_auto_without_resnet50_weights_starts_on_lite0_without_tensorflow(tmp_path, phone_jpeg):
+    """The default setting on a machine without ResNet50's weights (and no download to try): Lite0,
+    converted apart, and the daemon's process never imports TensorFlow."""
+    config = _config(tmp_path / "cache", "auto").as_dict()
+    env = {k: v for k, v in os.environ.items() if k != ortnet.CONVERT_HERE_ENV}
+    env["KERAS_HOME"] = str(tmp_path / "keras")  # no ResNet50 weights in it
+    r = subprocess.run(
+        [sys.executable, "-c", _FRESH_START, json.dumps(config), str(phone_jpeg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert (out["tensorflow"], out["keras"]) == (False, False)
+    assert out["network"].startswith("onnxruntime ") and len(out["vector"]) == 1000  # Lite0's logits
+    assert r.stderr.count("model auto: using efficientnet-lite0") == 1, r.stderr
+
+
 # VmHWM: this process's own peak (ru_maxrss would include the forking test process's, kept at exec)
 _PEAK = """
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))

@@ -132,13 +132,32 @@ def load_backbone(
     raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
 
 
-def resolve_source(name: str, weights: str | os.PathLike | None = None) -> tuple[BackboneSpec, Path] | None:
+def resolve_source(
+    name: str, weights: str | os.PathLike | None = None, allow_download: bool = True
+) -> tuple[BackboneSpec, Path] | None:
     """The backbone ``name`` stands for and its weights file, from files alone (no TensorFlow), when
-    that is certain: ResNet50 (or ``auto``) with usable weights on disk, or EfficientNet-Lite0.
-    None when only ``load_backbone`` can tell (a download to try, ``auto``'s fallback, an error)."""
+    that is certain: ResNet50 (or ``auto``) with usable weights on disk, EfficientNet-Lite0, or
+    ``auto``'s fallback to it when no download will be tried (not allowed, or one failed within a
+    day: the same WARNING as ``load_backbone``'s). None when only ``load_backbone`` can tell (a
+    download to try, a weights file that is there but unusable, an error)."""
     if name in ("auto", resnet.ID):
-        path = resnet.resolve_weights(weights).path
-        return None if path is None else (BACKBONES[resnet.ID], path)
+        status = resnet.resolve_weights(weights)
+        if status.path is not None:
+            return BACKBONES[resnet.ID], status.path
+        if name == resnet.ID or weights or status.source != "none":  # a file there but unusable: load_backbone says
+            return None
+        failed_lately = resnet.recent_download_failure() if allow_download else None
+        if allow_download and not failed_lately:
+            return None
+        source = resolve_source(lite0.ID)
+        if source is not None:
+            why = "none found; the last download failed, next try after a day" if failed_lately else "none found"
+            log.warning(
+                "model auto: using efficientnet-lite0, as ResNet50 has no weights (%s). `simd weights "
+                'fetch` gets them; `model = "efficientnet-lite0"` in the config silences this.',
+                why,
+            )
+        return source
     if name == lite0.ID:
         try:
             return BACKBONES[lite0.ID], lite0.weights_file()
