@@ -30,7 +30,6 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from benchutil import write_section  # noqa: E402
+from benchutil import machine_info, write_section  # noqa: E402
 
 HEADING = "## Indexing end to end"
 BACKBONES = ("resnet50", "efficientnet-lite0")
@@ -259,7 +258,7 @@ def measure(args, backbone: str, weights: str | None, folder: Path, count: int, 
 
 
 def versions() -> dict[str, str]:
-    out = {"Python": platform.python_version()}
+    out: dict[str, str] = {}  # Python: benchutil.machine_info
     for name, dist in (
         ("TensorFlow", "tensorflow-cpu"),
         ("TensorFlow ", "tensorflow"),
@@ -273,19 +272,6 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), model)
-    except OSError:
-        pass
-    mem_kb = next(
-        (int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), 0
-    )
-    return {"CPU": model, "cores": str(os.cpu_count()), "RAM": f"{mem_kb / 1024**2:.1f} GiB"}
 
 
 def render(args, rows: list[dict], info: dict, load_before, load_after, started: str, minutes: float) -> str:
@@ -391,7 +377,7 @@ def main(argv=None) -> int:
             mb = sum(p.stat().st_size for p in folder.glob("*.jpg")) / 1e6
             print(f"{count} {label} JPEGs in {folder} ({mb:.0f} MB; {time.perf_counter() - t:.0f} s)", flush=True)
             folders.append((folder, count, label))
-    info = {**machine(), **versions()}
+    info = machine_info(**versions())
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="simd-bench-index-") as tmp:
