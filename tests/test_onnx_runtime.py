@@ -133,19 +133,35 @@ print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in
 """
 
 
+# VmHWM: this process's own peak (ru_maxrss would include the forking test process's, kept at exec)
+_PEAK = """
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(int(hwm.split()[1]) / 1024)
+"""
+
+
+def _start_fresh(config: dict, photo: Path, timeout: float = 600, **env: str) -> tuple[dict, float, str]:
+    """`Embedder.from_config(config)` and one photo embedded in a new process (converting, if it
+    must, as a daemon would): what it said (_FRESH_START), its own peak RSS in MB, its stderr."""
+    environ = {k: v for k, v in os.environ.items() if k != ortnet.CONVERT_HERE_ENV}
+    r = subprocess.run(
+        [sys.executable, "-c", _FRESH_START + _PEAK, json.dumps(config), str(photo)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**environ, **env},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    return json.loads(lines[-2]), float(lines[-1]), r.stderr
+
+
 @pytest.mark.parametrize("model", [LITE0, RESNET])
 def test_a_later_start_loads_the_cache_without_tensorflow(embedders, cache, resnet_h5, phone_jpeg, model):
     embedders[model, "onnxruntime"]  # converted and cached by this process
     config = _config(cache, model, resnet_h5 if model == RESNET else None).as_dict()
-    r = subprocess.run(
-        [sys.executable, "-c", _FRESH_START, json.dumps(config), str(phone_jpeg)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.splitlines()[-1])
+    out, _, _ = _start_fresh(config, phone_jpeg, timeout=300)
     assert (out["tensorflow"], out["keras"]) == (False, False)
     assert out["network"].startswith("onnxruntime ") and "(cached in" in out["network"]
     want = embedders[model, "tensorflow"].embed_files([phone_jpeg])[0]
@@ -157,16 +173,7 @@ def test_the_first_start_converts_in_a_process_of_its_own_and_never_imports_tens
     holds TensorFlow and the converter (a daemon that converted in itself kept ~2 GB more until
     it stopped); it then loads the cached file like any later start."""
     config = _config(tmp_path / "cache", LITE0).as_dict()
-    r = subprocess.run(
-        [sys.executable, "-c", _FRESH_START + _PEAK, json.dumps(config), str(phone_jpeg)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={k: v for k, v in os.environ.items() if k != ortnet.CONVERT_HERE_ENV},
-    )
-    assert r.returncode == 0, r.stderr
-    out, peak_mb = json.loads(r.stdout.splitlines()[-2]), float(r.stdout.splitlines()[-1])
+    out, peak_mb, _ = _start_fresh(config, phone_jpeg)
     assert (out["tensorflow"], out["keras"]) == (False, False)
     assert out["network"].startswith("onnxruntime ") and "(cached in" in out["network"]
     assert len(list((tmp_path / "cache").glob(f"{LITE0}-*.onnx"))) == 1
@@ -177,28 +184,10 @@ def test_model_auto_without_resnet50_weights_starts_on_lite0_without_tensorflow(
     """The default setting on a machine without ResNet50's weights (and no download to try): Lite0,
     converted apart, and the daemon's process never imports TensorFlow."""
     config = _config(tmp_path / "cache", "auto").as_dict()
-    env = {k: v for k, v in os.environ.items() if k != ortnet.CONVERT_HERE_ENV}
-    env["KERAS_HOME"] = str(tmp_path / "keras")  # no ResNet50 weights in it
-    r = subprocess.run(
-        [sys.executable, "-c", _FRESH_START, json.dumps(config), str(phone_jpeg)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.splitlines()[-1])
+    out, _, stderr = _start_fresh(config, phone_jpeg, KERAS_HOME=str(tmp_path / "keras"))  # no ResNet50 weights
     assert (out["tensorflow"], out["keras"]) == (False, False)
     assert out["network"].startswith("onnxruntime ") and len(out["vector"]) == 1000  # Lite0's logits
-    assert r.stderr.count("model auto: using efficientnet-lite0") == 1, r.stderr
-
-
-# VmHWM: this process's own peak (ru_maxrss would include the forking test process's, kept at exec)
-_PEAK = """
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(int(hwm.split()[1]) / 1024)
-"""
+    assert stderr.count("model auto: using efficientnet-lite0") == 1, stderr
 
 
 def test_the_cache_key_follows_the_weights_file_and_the_descriptor(resnet_h5, tmp_path):
