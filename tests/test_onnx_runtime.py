@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,53 @@ def test_a_cache_that_cannot_be_written_converts_in_memory(embedders, tmp_path, 
     assert emb.network.runtime == "onnxruntime" and "converted in memory" in emb.network.describe()
     cos = _cosines(emb.embed_files(photos[:2]), embedders[LITE0, "tensorflow"].embed_files(photos[:2]))
     assert cos.min() >= 0.9999
+
+
+def test_a_cache_that_cannot_be_written_is_not_converted_apart_first(tmp_path, monkeypatch, caplog):
+    """The child's file could never reach the daemon: converting there first would convert twice."""
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a converting process was started for an unwritable cache")
+
+    monkeypatch.setattr(ortnet.subprocess, "run", no_child)  # asserts the child is never started
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache directory should be\n")
+    with caplog.at_level(logging.INFO, logger="simd.backbones.onnx"):
+        assert ortnet.convert_apart(_config(blocked, LITE0), LITE0, "default") is False
+    assert "cannot be written" in caplog.text
+
+
+def test_a_conversion_removes_the_cached_files_of_other_onnxruntime_versions(tmp_path, monkeypatch, photos):
+    """An onnxruntime upgrade leaves files this install can no longer load (~95 MB each for
+    ResNet50): the next conversion removes those not written for a week, and nothing else."""
+    monkeypatch.setenv(ortnet.CONVERT_HERE_ENV, "1")  # convert in this process
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    digest = "0123456789abcdef0123"
+    month_ago = time.time() - 30 * 86400
+    stale = [
+        cache / f"resnet50-224-ort1.20.0-{digest}.onnx",  # another version, a month old
+        cache / f"efficientnet-lite0-288-{digest}.onnx",  # an older simd's name, without the version
+        cache / f".efficientnet-lite0-288-ort1.20.0-{digest}.onnx.k2j3.tmp",  # a crashed write
+    ]
+    kept = [
+        cache / f"resnet50-224-ort1.20.0-{'f' * 20}.onnx",  # another version, written yesterday
+        cache / "my-own-model.onnx",  # not a name simd gives
+        cache / "notes.txt",
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (month_ago, month_ago))
+    yesterday = time.time() - 86400
+    os.utime(kept[0], (yesterday, yesterday))
+    emb = Embedder.from_config(_config(cache, LITE0))
+    assert "converted, cached in" in emb.network.describe()
+    names = {p.name for p in cache.iterdir()}
+    assert not names & {p.name for p in stale}
+    assert {p.name for p in kept} <= names
+    (current,) = (n for n in names if n.startswith(f"{LITE0}-288-ort{ortnet.ort_version()}-"))
+    assert ortnet._load_cached(cache / current, 0) is not None
+    assert np.linalg.norm(emb.embed_files(photos[:1])[0]) > 0
 
 
 def test_a_failed_conversion_keeps_tensorflow_with_one_warning(embedders, tmp_path, photos, caplog, monkeypatch):

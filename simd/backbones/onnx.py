@@ -3,7 +3,9 @@ tf2onnx, cached on disk, then loaded without importing TensorFlow.
 
 A cached file is named by everything that shapes its graph (``cache_key``): the backbone, the
 input size, the descriptor's graph knobs, the weights file's md5, the onnxruntime version and
-``FORMAT``. Random weights (tests) have no file and are converted in memory, never cached.
+``FORMAT``; the onnxruntime version also shows in the name, so that a conversion can remove the
+files of other versions, which this install can no longer load (``_remove_stale``: ~95 MB each for
+ResNet50). Random weights (tests) have no file and are converted in memory, never cached.
 Nothing here raises for a runtime problem: a file that does not load is converted again, and a
 conversion or session that fails returns None with one WARNING (the caller keeps TensorFlow).
 """
@@ -14,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,12 @@ OPSET = 17
 CACHE_ENV = "SIMD_MODEL_CACHE"
 CONVERT_HERE_ENV = "SIMD_CONVERT_HERE"  # set: convert in this process (the child of `convert_apart`)
 _unavailable: str | None = None  # why onnxruntime cannot be imported, once that is known
+# A cached file of another onnxruntime version is removed once it has not been written for this
+# long: an upgrade frees the space at its first conversion, while two installs of different
+# versions that share one cache do not remove each other's files at every start.
+STALE_SECONDS = 7 * 86400
+# cache_key's names (an older simd wrote them without the "-ort<version>" part)
+_CACHED_NAME = re.compile(r"^[a-z0-9-]+-\d+-(?:ort(?P<version>[0-9][0-9A-Za-z.+-]*)-)?[0-9a-f]{20}\.onnx$")
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -69,7 +78,35 @@ def cache_key(backbone_id: str, classes: int, descriptor: Any, size: int, weight
         "logits": classes if d.logits else 0,
     }
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:20]
-    return f"{backbone_id}-{size}-{digest}"
+    return f"{backbone_id}-{size}-ort{ort_version()}-{digest}"
+
+
+def _remove_stale(folder: Path, now: float | None = None) -> None:
+    """Remove the cached models of other onnxruntime versions (and the unversioned names of older
+    simd releases) not written for STALE_SECONDS, and temporary files a crash left over a day ago.
+    Only files named as this module names them; nothing else in the folder is touched."""
+    now = time.time() if now is None else now
+    for path in folder.iterdir():
+        name = path.name
+        ours = _CACHED_NAME.match(name)
+        if ours and ours["version"] != ort_version():
+            age = STALE_SECONDS
+        elif (
+            name.startswith(".")
+            and name.endswith(".tmp")
+            and _CACHED_NAME.match(name[1:].partition(".onnx.")[0] + ".onnx")
+        ):
+            age = 86400  # _write_atomic's ".<name>.<random>.tmp", left by a crash
+        else:
+            continue
+        try:
+            st = path.stat()
+            if now - st.st_mtime < age or not path.is_file():
+                continue
+            path.unlink()
+            log.info("removed %s from the model cache (%d MB): this simd no longer uses it", name, st.st_size >> 20)
+        except OSError as e:  # another process removed it, or the folder is shared read-only
+            log.debug("cannot remove %s from the model cache: %s", path, e)
 
 
 def convert_apart(config: Any, model: str, descriptor: str) -> bool:
@@ -80,6 +117,10 @@ def convert_apart(config: Any, model: str, descriptor: str) -> bool:
     if os.environ.get(CONVERT_HERE_ENV):
         return False
     what = model
+    if not _writable(cache_dir(config.model_cache)):
+        # the child's file could not reach the daemon: converting there too would convert twice
+        log.info("the model cache cannot be written; converting %s in this process", what)
+        return False
     chosen = {"model": model, "descriptor": descriptor, "weights": config.weights, "model_cache": config.model_cache}
     settings = {
         "library": ".",
@@ -179,6 +220,10 @@ def open_network(
             unwritable = True
     if unwritable or weights is None:
         return OrtNetwork(sessions, "converted in memory")
+    try:
+        _remove_stale(folder)
+    except OSError as e:
+        log.debug("cannot list the model cache %s: %s", folder, e)
     return OrtNetwork(sessions, f"converted, cached in {folder}")
 
 
@@ -231,6 +276,16 @@ def _convert(network: Any, size: int) -> bytes:
             tf2onnx_log.setLevel(level)
     log.info("converted %s at %d px to ONNX", getattr(network.backbone, "id", "the network"), size)
     return bytes(proto.SerializeToString())
+
+
+def _writable(folder: Path) -> bool:
+    """The cache folder exists, or can be made, and a file can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _write_atomic(path: Path, data: bytes) -> bool:
