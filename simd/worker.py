@@ -88,6 +88,10 @@ class IndexWorker:
         self._retry_at: float | None = None  # a failed write's work waits until then
         self._retry_delay = 0.0
         self._held = _Work()  # the work of a run the storage refused, held until the retry
+        # Paths queued and not yet taken by a run, counted once in `pending` however often the
+        # watcher hands them in (a file written in bursts settles, changes and settles again).
+        self._queued_paths: set[str] = set()
+        self._queued_lock = threading.Lock()
 
     # -- control (any thread)
     def start(self) -> None:
@@ -101,7 +105,10 @@ class IndexWorker:
 
     def submit(self, paths: set[str]) -> None:
         if paths:
-            self.runtime.add_pending(len(paths))  # counted as pending until a run takes them
+            with self._queued_lock:
+                new = set(paths) - self._queued_paths
+                self._queued_paths |= new
+                self.runtime.add_pending(len(new))  # counted as pending until a run takes them
             self._queue.put(set(paths))
 
     def stop(self, timeout: float = 8.0) -> bool:
@@ -174,7 +181,9 @@ class IndexWorker:
                 work.full, work.confirmed = True, work.confirmed or item is _FULL_CONFIRMED
             else:
                 work.paths |= item
-                work.taken += len(item)
+                with self._queued_lock:
+                    work.taken += len(item & self._queued_paths)
+                    self._queued_paths -= item
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:

@@ -389,6 +389,36 @@ def test_simd_index_says_in_one_line_that_the_disk_refused(library, state_dir, m
     assert cli.main(["index", str(library), "--state-dir", str(state_dir)]) == 0
 
 
+def test_pending_counts_a_path_handed_in_again_once(library, state_dir):
+    """A file written in bursts settles, changes and settles again: the watcher hands its path in
+    each time. `pending` counts the files waiting, not the hand-ins (300 new files showed 346-511)."""
+    for i in range(3):
+        make_photo(library / f"p{i}.jpg", seed=i)
+    embedder = PixelEmbedder()
+    runtime = Runtime(model=embedder.model_id)
+    w = IndexWorker(state_dir / "index.db", library, embedder, VectorIndex(embedder.dim), IgnoreRules([]), runtime)
+    w.submit({"p0.jpg", "p1.jpg"})
+    w.submit({"p1.jpg", "p2.jpg"})
+    w.submit({"p0.jpg"})
+    assert runtime.snapshot()["pending"] == 3
+    w.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not (w.runs and runtime.snapshot()["phase"] == "idle"):
+            assert time.monotonic() < deadline, runtime.snapshot()
+            time.sleep(0.05)
+        assert runtime.snapshot()["pending"] == 0
+        w.submit({"p0.jpg"})  # taken by a run and handed in again: waiting again, once
+        while not (w.runs >= 2 and runtime.snapshot()["phase"] == "idle"):
+            assert time.monotonic() < deadline, runtime.snapshot()
+            time.sleep(0.05)
+        assert runtime.snapshot()["pending"] == 0
+        with Store(state_dir / "index.db", readonly=True) as reader:
+            assert sorted(reader.records()) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    finally:
+        assert w.stop()
+
+
 def test_pending_counts_the_queued_paths_and_the_planned_work():
     runtime = Runtime(phase="indexing")
     runtime.update(pending=61)  # the current run: 61 files left of its plan
