@@ -91,7 +91,7 @@ class PairsBuilder:
                 duplicates={"state": "ready", "done": done.get("total", 0), "total": done.get("total", 0)}
             )
             log.info(
-                "duplicates: %d pairs of copies among %d images (%s, cosine >= %.2f) found in %.1f s",
+                "duplicates: %d pairs of images that may be copies among %d (%s, cosine >= %.2f) found in %.1f s",
                 n,
                 len(ids),
                 self.model,

@@ -117,8 +117,8 @@ class DuplicatesService:
         """/api/status's "duplicates": building (with done/total), ready, or off (pairs not built and
         no build running: an index `simd index` made, until a daemon serves it)."""
         dup = self.runtime.duplicates
-        if dup and dup.get("state") == "building":
-            return dict(dup)
+        if dup and dup.get("state") in ("building", "ready"):  # this daemon's build
+            return {k: dup[k] for k in ("state", "done", "total")}
         model = self.runtime.model or self.store().get_meta("model")
         built = model is not None and dupindex.is_built(self.store(), model)
         return {"state": "ready" if built else "off", "done": 0, "total": 0}
