@@ -47,7 +47,7 @@ def cmd_index(config: cfg.Config, args) -> int:
                 vectors = dup = None
                 if dupindex.is_built(store, embedder.model_id):
                     vectors = load_index(store, embedder.model_id, embedder.dim)
-                    dup = dupindex.DupIndex(embedder.model_id, vectors)
+                    dup = dupindex.DupIndex(embedder.model_id, vectors, state_dir.root)
                 reconciler = Reconciler(
                     state_dir.root,
                     store,

@@ -47,7 +47,7 @@ class Index:
         self.store = Store(self.db)
         self.embedder = PixelEmbedder()
         self.vectors = VectorIndex(self.embedder.dim)
-        self.dup = dupindex.DupIndex("pixels", self.vectors) if hook else None
+        self.dup = dupindex.DupIndex("pixels", self.vectors, library) if hook else None
         self.rec = Reconciler(library, self.store, self.embedder, self.vectors, IgnoreRules(), duplicates=self.dup)
         self.runtime = Runtime("idle", model="pixels")
         self.service = DuplicatesService(self.db, library, self.runtime)
@@ -109,7 +109,7 @@ def test_the_background_build_stores_what_the_hook_would(tmp_path, library, cali
         assert without.pairs() == set() and not dupindex.is_built(without.store, "pixels")
         assert without.service.listing()["complete"] is False
         tasks = []
-        builder = PairsBuilder(without.db, "pixels", without.vectors, without.runtime, tasks.append)
+        builder = PairsBuilder(without.db, "pixels", without.vectors, without.runtime, tasks.append, root=library)
         builder.start()
         deadline = time.monotonic() + 30
         while builder.is_alive() and time.monotonic() < deadline:
