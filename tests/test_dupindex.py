@@ -239,3 +239,29 @@ def test_pairs_for_the_hook_match_a_full_product(index, library):
         if a != b:
             want.add((min(a, b), max(a, b)))
     assert index.pairs() == want and len(want) >= 10
+
+
+def test_the_api_refuses_bad_bodies_with_the_error_shape(tmp_path):
+    from webfixtures import build_env, web_config
+
+    from simd.web import create_app
+
+    env = build_env(tmp_path, count=3, size=(64, 48))
+    client = create_app(web_config(), env.service).test_client()
+    for body, status in [
+        (b"[" * 100_000 + b"]" * 100_000, 400),  # past the JSON parser's recursion limit
+        (b"\xff\xfe", 400),
+        (b'{"images": [1e400, 2]}', 400),
+        (b" " * (2 << 20), 413),
+    ]:
+        r = client.post("/api/duplicates/dismiss", data=body, content_type="application/json")
+        assert r.status_code == status and set(r.get_json()["error"]) == {"code", "message"}, r.get_data()[:200]
+    assert client.get("/api/duplicates?limit=501").status_code == 400
+
+
+def test_a_bad_keep_rule_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from simd.cli import main
+
+    monkeypatch.setenv("SIMD_KEEP_RULES", "most_pixels,biggest")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 2
+    assert "keep_rules: unknown keep rule 'biggest'" in capsys.readouterr().err
