@@ -265,3 +265,32 @@ def test_a_bad_keep_rule_is_a_usage_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SIMD_KEEP_RULES", "most_pixels,biggest")
     assert main(["status", "--state-dir", str(tmp_path)]) == 2
     assert "keep_rules: unknown keep rule 'biggest'" in capsys.readouterr().err
+
+
+def test_simd_index_keeps_built_pairs_fresh(tmp_path, library, calibrated, monkeypatch, capsys):
+    """`simd index` (no daemon) on an index whose pairs a daemon built: new copies get their pairs."""
+    import argparse
+
+    from simd import commands
+    from simd.config import Config
+
+    monkeypatch.setattr(commands.Embedder, "from_config", staticmethod(lambda config, **kw: PixelEmbedder()))
+    make_photo(library / "a.jpg", (320, 240), seed=1)
+    config = Config({"library": str(library), "state_dir": str(tmp_path / "state")})
+    args = argparse.Namespace(json=True, allow_mass_delete=False)
+    assert commands.cmd_index(config, args) == 0
+    with Store(config.state_path / "index.db") as store:
+        assert not dupindex.is_built(store, "pixels")
+        dupindex.store_build(
+            store, "pixels", dupindex.pairs_for([], np.empty((0, 192)), np.empty((0, 192)), [], 0.9), {}
+        )
+    resized(library / "a.jpg", library / "b" / "a-small.jpg")
+    assert commands.cmd_index(config, args) == 0
+    with Store(config.state_path / "index.db") as store:
+        assert len(dupindex.load_pairs(store, "pixels")) == 1
+        image_id = store.get_by_path("b/a-small.jpg")["id"]
+        # its size recorded as it was indexed
+        assert store.execute("SELECT width, height, format FROM images WHERE id = ?", [image_id]) == [
+            (160, 120, "jpeg")
+        ]
+    capsys.readouterr()
