@@ -7,6 +7,7 @@ Content-Type sniffed from its first bytes (never from its name).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -14,6 +15,8 @@ import stat
 from flask import Blueprint, request, send_file, url_for
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
+from simd.dupservice import DuplicatesService
+from simd.duptrash import DISABLED_MESSAGE, TrashDisabled
 from simd.errors import BadRequest, ImageError, NotFound, TooLarge
 from simd.formats import CONTENT_TYPES, sniff_format
 from simd.paths import display_path
@@ -57,7 +60,57 @@ def healthz():
 def status():
     out = service().status()
     out.setdefault("max_upload_mb", context().config.max_upload_mb)
+    if out.get("model"):
+        out["duplicates"] = duplicates().state()
+    else:
+        out["duplicates"] = {"state": "off", "done": 0, "total": 0}
+    out["allow_trash"] = context().config.allow_trash
     return out
+
+
+def duplicates() -> DuplicatesService:
+    """The search service's duplicates service (the daemon attaches one; made here otherwise)."""
+    svc = service()
+    if getattr(svc, "duplicates", None) is None:
+        config = context().config
+        svc.duplicates = DuplicatesService(
+            svc.db_path, svc.library_root, svc.runtime, keep_rules=config.keep_rules, allow_trash=config.allow_trash
+        )
+    return svc.duplicates
+
+
+JSON_BODY_MAX = 1 << 20  # bytes of a duplicates request: 10,000 ids take ~200 KB
+
+
+def _json_body():
+    """The request's JSON, whatever its Content-Type; a bad body (not JSON, nested past the parser's
+    recursion limit) is a 400, a larger one a 413."""
+    data = request.stream.read(JSON_BODY_MAX + 1)
+    if len(data) > JSON_BODY_MAX:
+        raise TooLarge(f"the body is larger than {JSON_BODY_MAX} bytes")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise BadRequest('the body must be JSON: {"images": [id, id, ...]}') from None
+
+
+@bp.get("/api/duplicates")
+def duplicates_list():
+    args = request.args
+    return duplicates().listing(args.get("threshold"), args.get("tier"), args.get("offset"), args.get("limit"))
+
+
+@bp.post("/api/duplicates/dismiss")
+def duplicates_dismiss():
+    return duplicates().dismiss(_json_body())
+
+
+@bp.post("/api/duplicates/trash")
+def duplicates_trash():
+    dups = duplicates()
+    if not dups.allow_trash:  # said first, whatever the body
+        raise TrashDisabled(DISABLED_MESSAGE)
+    return dups.trash(_json_body())
 
 
 @bp.get("/api/similar")
