@@ -7,6 +7,7 @@
 
   const $ = (id) => document.getElementById(id);
   const { apiJson, friendly, setImage, openOriginal } = window.simd.net;
+  const { noPreview, basename, percent } = window.simd.cards;
   const { searchById } = window.simd.search;
 
   const HASH = "#duplicates";
@@ -26,8 +27,6 @@
   let sliderTimer = null;
 
   // -- small formatting helpers ----------------------------------------------------------------------
-  const basename = (p) => p.split("/").pop();
-  const percent = (s) => (s < 0.99999 && s * 100 >= 99.95 ? ">99.9" : (s * 100).toFixed(1)) + "%";
   function bytes(n) {
     if (!(n > 0)) return "0 B";
     const units = ["B", "KB", "MB", "GB", "TB"];
@@ -249,16 +248,6 @@
       trash.remove(); // not allowed: the note above the groups says how to allow it
     }
     return node;
-  }
-
-  function noPreview(img) {
-    const holder = img.closest(".thumb-btn");
-    if (!holder || holder.querySelector(".no-preview")) return;
-    holder.classList.add("broken");
-    const span = document.createElement("span");
-    span.className = "no-preview";
-    span.textContent = "No preview";
-    holder.appendChild(span);
   }
 
   function makeImage(img) {
