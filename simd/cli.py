@@ -86,7 +86,14 @@ def load_config(args: argparse.Namespace) -> cfg.Config:
         value = getattr(args, name, None)
         if value is not None:
             flags[name] = value
-    return cfg.load(getattr(args, "config", None), flags)
+    config = cfg.load(getattr(args, "config", None), flags)
+    from simd.keeprules import parse_keep_rules
+
+    try:
+        parse_keep_rules(config.keep_rules)
+    except ConfigError as e:
+        raise ConfigError(f"keep_rules: {e.message}") from None
+    return config
 
 
 def setup_logging(level: str) -> None:

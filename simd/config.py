@@ -135,6 +135,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Uploaded images (queries) with more pixels are refused before decoding (HTTP 415).",
         check=_positive,
     ),
+    Setting(
+        "keep_rules",
+        ["most_pixels", "largest_file", "oldest", "shortest_path"],
+        list,
+        "Which copy of a group of duplicates to suggest keeping: rules in order, each narrowing the copies "
+        "(most_pixels, largest_file, oldest, newest, shortest_path, prefer_folder:NAME, prefer_format:EXT).",
+    ),
+    Setting(
+        "allow_trash",
+        False,
+        bool,
+        "Let POST /api/duplicates/trash move copies to the desktop trash (simd never deletes; off by default).",
+    ),
     Setting("log_level", "INFO", str, "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -17,7 +17,9 @@ import time
 from typing import Protocol
 
 from simd import config as cfg
-from simd import notify
+from simd import dupindex, notify
+from simd.dupbuild import PairsBuilder
+from simd.dupservice import DuplicatesService
 from simd.embedder import Embedder
 from simd.ignore import IgnoreRules
 from simd.runtime import Runtime
@@ -56,6 +58,7 @@ class Daemon:
         self.worker: IndexWorker | None = None
         self.watcher: Watcher | None = None
         self.service: SearchService | None = None
+        self.builder: PairsBuilder | None = None  # the pairs of copies of an index that has none yet
         self.state_dir: StateDir | None = None
         self.exit_code = 0
 
@@ -89,6 +92,7 @@ class Daemon:
             return
         with Store(db, readonly=True) as store:  # the indexer records the model with its first run
             vectors = load_index(store, embedder.model_id, embedder.dim)
+            pairs_built = dupindex.is_built(store, embedder.model_id)
         ignore = IgnoreRules(self.config.ignore)
         worker = self.worker = IndexWorker(
             db,
@@ -107,8 +111,14 @@ class Daemon:
                 "rescan requested", confirm_deletions=confirm_deletions
             ),
         )
+        service.duplicates = DuplicatesService(
+            db, root, self.runtime, keep_rules=self.config.keep_rules, allow_trash=self.config.allow_trash
+        )
         self.runtime.update(model=embedder.model_id, dim=embedder.dim)
         worker.start()
+        if not pairs_built:  # an index from before duplicates, or a new model: built once, in the background
+            self.builder = PairsBuilder(db, embedder.model_id, vectors, self.runtime, worker.submit_task)
+            self.builder.start()
         # Watch first, then walk: a change made during the startup walk is then seen by one or the other.
         self.watcher = Watcher(
             root,
@@ -181,6 +191,8 @@ class Daemon:
     def _shutdown(self) -> None:
         if self.server is not None:  # a start that failed (e.g. port taken) just says why, not "stopping"
             log.info("stopping")
+        if self.builder is not None and not self.builder.stop(STOP_TIMEOUT):  # not in _threads: it may end
+            log.warning("the build of the duplicates' pairs did not stop within %.0f s", STOP_TIMEOUT)
         for name, thread in self._threads():
             started = time.monotonic()
             stopped = thread is None or thread.stop(STOP_TIMEOUT)

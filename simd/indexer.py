@@ -141,6 +141,7 @@ class Reconciler:
         on_progress: Callable[[str, int, int], None] | None = None,
         on_deleted: Callable[[list[int]], object] | None = None,
         stop: threading.Event | None = None,
+        duplicates=None,
     ):
         self.root = Path(root)
         self.store = store
@@ -152,6 +153,8 @@ class Reconciler:
         self.on_progress = on_progress or (lambda phase, done, total: None)
         self.on_deleted = on_deleted or (lambda ids: None)  # e.g. drop their cached thumbnails
         self.stop = stop or threading.Event()
+        # `dupindex.DupIndex` (or None): keeps the pairs of copies in step, inside each batch
+        self.duplicates = duplicates
         self._recent: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
 
     @property
@@ -278,7 +281,7 @@ class Reconciler:
                         if i:
                             self._note_reuse(kind, f, summary, files[0][1].path)
                         writes.append(Write("ok", f, kind, digest, vector=np.asarray(result, dtype=np.float32)))
-        self._commit(writes, summary)
+        self._commit(writes, summary, {rec.hash for kind, f in chunk if (rec := records.get(f.path)) and rec.hash})
 
     def _hash(self, path: Path, f: DiskFile) -> str:
         """The file's hash, within its budget (`simd.budget`). A file over 16 MB is first checked
@@ -295,16 +298,23 @@ class Reconciler:
             summary.copied += 1
         log.info("%s: byte-identical to %s; its vector is reused", f.path, twin or "an indexed image")
 
-    def _commit(self, writes: list[Write], summary: Summary) -> None:
+    def _commit(self, writes: list[Write], summary: Summary, replaced: Iterable[str] = ()) -> None:
+        """`replaced`: the hashes the chunk's paths had before (their pairs may be orphaned now)."""
         upserts: list[tuple[int, np.ndarray]] = []
         removed: list[int] = []
         vanished: list[int] = []
+        hashes: dict[int, str | None] = {}
         with self.store.batch():
+            dup = self.duplicates
+            known = (
+                dup.known(self.store, {w.digest for w in writes if w.outcome == "ok" and w.digest}) if dup else set()
+            )
             for w in writes:
                 f = w.file
                 if w.outcome == "ok" and w.vector is not None:
                     image_id = self.store.put_ok(f.path, f.size, f.mtime_ns, w.digest, self.model, w.vector)
                     upserts.append((image_id, w.vector))
+                    hashes[image_id] = w.digest
                     if w.kind == "new":
                         summary.new += 1
                     elif w.kind == "changed":
@@ -321,6 +331,9 @@ class Reconciler:
                     summary.touched += 1
                 elif w.outcome == "vanished":
                     vanished.extend(self.store.delete_paths([f.path]))
+            if dup is not None:  # before `vectors` takes the rows: the new images against the index
+                dup.added(self.store, [(i, hashes[i], v) for i, v in upserts], known)
+                dup.removed(self.store, replaced)
         removed += vanished
         if self.vectors is not None:
             if upserts:
@@ -344,6 +357,8 @@ class Reconciler:
                     self._remember(rec.hash, vec)
         with self.store.batch():
             ids = self.store.delete_paths([rec.path for rec in gone])
+            if self.duplicates is not None:
+                self.duplicates.removed(self.store, {rec.hash for rec in gone if rec.hash})
         if self.vectors is not None:
             self.vectors.remove(ids)
         self.on_deleted(ids)

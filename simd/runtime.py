@@ -21,6 +21,7 @@ class Runtime:
     progress: dict | None = None  # the current reconcile: {"phase", "done", "total", "started_at"}
     last_error: str | None = None
     queued: int = 0
+    duplicates: dict | None = None  # the build of the pairs of copies: {"state", "done", "total"}
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def update(self, **changes) -> None:

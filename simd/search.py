@@ -128,6 +128,7 @@ class SearchService:
         self._uploads_embedded = 0  # query uploads sent through the network (not indexing work)
         self._uploads_lock = threading.Lock()
         self.damaged: str | None = None  # what a read found damaged in the index: the daemon restarts
+        self.duplicates: Any = None  # `dupservice.DuplicatesService`, attached by the daemon or the web layer
 
     @classmethod
     def open(cls, state_dir: Path) -> SearchService:

@@ -304,6 +304,12 @@ class Store:
             row = self.db.execute("SELECT dim FROM images WHERE state = 'ok' AND model = ? LIMIT 1", [model]).fetchone()
         return int(row[0]) if row and row[0] else 0
 
+    def execute(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        """One statement's rows under the Store's lock (the SQL of `simd.dupindex`); a write only in a batch."""
+        with self._lock:
+            run = self.db.execute if sql.lstrip().upper().startswith("SELECT") else self._write
+            return run(sql, list(params)).fetchall()
+
     # -- writes -------------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -16,10 +16,14 @@ from simd.errors import NotFound, SimdError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # 2: `images.path` holds a name that is not valid UTF-8 as its exact bytes (a BLOB; see
 #    `storevalues.path_to_db`). The table is unchanged; the step only keeps an older simd, which
 #    would take such a row for a deleted file, from opening the file.
+# 3: duplicates (`simd.dupindex`): `dup_pairs`, the pairs of contents (hashes) of one model scoring
+#    at least its lowest threshold, and `dup_dismissed`, the user's "not duplicates" by pair of
+#    hashes. An index from before has no pairs: `meta.dup_built:<model>` is absent, so the daemon's
+#    next start builds them in the background (`dupbuild`).
 
 _SCHEMA_V1 = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
@@ -39,6 +43,20 @@ _SCHEMA_V1 = (
     )""",
     "CREATE INDEX images_hash ON images (hash)",
     "CREATE INDEX images_model_state ON images (model, state)",
+)
+_SCHEMA_V3 = (
+    # hash_a < hash_b; keyed by contents, not ids, so renames, moves and copies keep them
+    """CREATE TABLE dup_pairs (
+        model TEXT NOT NULL, hash_a TEXT NOT NULL, hash_b TEXT NOT NULL, score REAL NOT NULL,
+        PRIMARY KEY (model, hash_a, hash_b)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX dup_pairs_b ON dup_pairs (model, hash_b)",
+    # hash_a <= hash_b (model-independent); hash_a = hash_b: copies of the same bytes, `copies` of
+    # them when dismissed (one more copy shows the group again)
+    """CREATE TABLE dup_dismissed (
+        hash_a TEXT NOT NULL, hash_b TEXT NOT NULL, copies INTEGER, created_at REAL,
+        PRIMARY KEY (hash_a, hash_b)
+    ) WITHOUT ROWID""",
 )
 
 
@@ -74,8 +92,11 @@ def migrate(db: Database, path: Path) -> None:
             # AUTOINCREMENT: an id is never reused, so a stale id never names another image.
             for sql in _SCHEMA_V1:
                 db.execute(sql)
-        # Version 2 changes no table (see SCHEMA_VERSION). Future steps go here: `if version < 3: ...`,
-        # each bringing the schema one step on.
+        # Version 2 changes no table (see SCHEMA_VERSION).
+        if version < 3:
+            for sql in _SCHEMA_V3:
+                db.execute(sql)
+        # Future steps go here: `if version < 4: ...`, each bringing the schema one step on.
         if version < SCHEMA_VERSION:
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "

@@ -153,6 +153,18 @@ class VectorIndex:
             if len(id_arr) > 1024 and self._n < len(id_arr) // 4:  # give memory back after mass removals
                 self._mat, self._ids, self._codes, self._scale, self._resid = [a[: 2 * self._n].copy() for a in arrays]
 
+    def view(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ids, rows, int8 copy) as published, not copied: stable only while no one writes (the
+        writer thread's own reads, e.g. `duplicates.pairs_for` in a batch; `snapshot()` elsewhere)."""
+        with self._lock:
+            n = self._n
+            return self._ids[:n], self._mat[:n], (self._codes[:n], self._scale[:n], self._resid[:n])
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (ids, rows) as published now: for a long computation in another thread."""
+        with self._lock:
+            return self._ids[: self._n].copy(), self._mat[: self._n].copy()
+
     # -- reads ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -17,9 +17,11 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simd.dupindex import DupIndex
 from simd.errors import LibraryOffline
 from simd.ignore import IgnoreRules
 from simd.indexer import MassDeletion, Reconciler
@@ -49,6 +51,7 @@ class _Work:
     paths: set[str] = field(default_factory=set)
     taken: int = 0
     confirmed: bool = False
+    tasks: list = field(default_factory=list)  # callables of the writer Store (`submit_task`)
 
     def merged(self, other: _Work) -> _Work:
         return _Work(
@@ -56,7 +59,13 @@ class _Work:
             self.paths | other.paths,
             self.taken + other.taken,
             self.confirmed or other.confirmed,
+            self.tasks + other.tasks,
         )
+
+
+@dataclass(slots=True)
+class _Task:
+    run: Callable[[Store], object]
 
 
 class IndexWorker:
@@ -88,6 +97,7 @@ class IndexWorker:
         self._retry_at: float | None = None  # a failed write's work waits until then
         self._retry_delay = 0.0
         self._held = _Work()  # the work of a run the storage refused, held until the retry
+        self.duplicates: DupIndex | None = None  # the reconciler's hook, once the thread runs
 
     # -- control (any thread)
     def start(self) -> None:
@@ -103,6 +113,11 @@ class IndexWorker:
         if paths:
             self.runtime.add_pending(len(paths))  # counted as pending until a run takes them
             self._queue.put(set(paths))
+
+    def submit_task(self, run: Callable[[Store], object]) -> None:
+        """Run `run(store)` in the writer thread with its Store (e.g. store the duplicates build's
+        result): the one writer stays the one writer."""
+        self._queue.put(_Task(run))
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Ask the thread to finish the chunk in flight (or drop it) and exit; True if it did."""
@@ -143,7 +158,9 @@ class IndexWorker:
                 on_progress=self._progress,
                 on_deleted=self.on_deleted,
                 stop=self._stop,
+                duplicates=DupIndex(self.embedder.model_id, self.vectors),
             )
+            self.duplicates = reconciler.duplicates
             while not self._stop.is_set():
                 try:
                     item = self._queue.get(timeout=1.0)
@@ -160,6 +177,13 @@ class IndexWorker:
                     self._held = work  # the storage refused the last run: wait with it
                     continue
                 self._held = _Work()
+                self._run_tasks(store, work)
+                if self.damaged:
+                    break
+                if not (work.full or work.paths or work.taken):
+                    if self._queue.empty() and self.runtime.snapshot()["phase"] == "scanning":
+                        self.runtime.update(phase="idle")  # the last run saw this task queued as work
+                    continue
                 self.runtime.add_pending(-work.taken)  # from now on the run's plan counts them
                 self._one_run(reconciler, work)
                 if self.damaged:
@@ -170,6 +194,8 @@ class IndexWorker:
         while True:
             if item is _STOP:
                 self._stop.set()
+            elif isinstance(item, _Task):
+                work.tasks.append(item.run)
             elif item is _FULL or item is _FULL_CONFIRMED:
                 work.full, work.confirmed = True, work.confirmed or item is _FULL_CONFIRMED
             else:
@@ -179,6 +205,19 @@ class IndexWorker:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return work
+
+    def _run_tasks(self, store: Store, work: _Work) -> None:
+        for run in work.tasks:
+            try:
+                run(store)
+            except Exception as e:
+                if is_damage(e):
+                    self._on_damage(str(e))
+                elif (reason := write_failure(e)) is not None:
+                    self._on_write_failure(reason, _Work(tasks=[run]))
+                else:
+                    log.exception("a task of the writer failed")
+        work.tasks = []
 
     def _one_run(self, reconciler: Reconciler, work: _Work) -> None:
         paths = None if work.full else work.paths
@@ -225,7 +264,7 @@ class IndexWorker:
         first = self._retry_at is None
         self._retry_delay = RETRY_FIRST_SECONDS if first else min(self._retry_delay * 2, RETRY_MAX_SECONDS)
         self._retry_at = time.monotonic() + self._retry_delay
-        self._held = self._held.merged(_Work(work.full, set(work.paths), 0, work.confirmed))
+        self._held = self._held.merged(_Work(work.full, set(work.paths), 0, work.confirmed, list(work.tasks)))
         waiting = self.runtime.snapshot()["pending"]
         (log.error if first else log.warning)(
             "cannot write the index: %s; files waiting: %d; retrying in %.0f s", reason, waiting, self._retry_delay

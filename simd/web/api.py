@@ -14,6 +14,7 @@ import stat
 from flask import Blueprint, request, send_file, url_for
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
+from simd.dupservice import DuplicatesService
 from simd.errors import BadRequest, ImageError, NotFound, TooLarge
 from simd.formats import CONTENT_TYPES, sniff_format
 from simd.paths import display_path
@@ -57,7 +58,41 @@ def healthz():
 def status():
     out = service().status()
     out.setdefault("max_upload_mb", context().config.max_upload_mb)
+    if out.get("model"):
+        out["duplicates"] = duplicates().state()
+    else:
+        out["duplicates"] = {"state": "off", "done": 0, "total": 0}
+    out["allow_trash"] = context().config.allow_trash
     return out
+
+
+def duplicates() -> DuplicatesService:
+    """The search service's duplicates service (the daemon attaches one; made here otherwise)."""
+    svc = service()
+    if getattr(svc, "duplicates", None) is None:
+        config = context().config
+        svc.duplicates = DuplicatesService(
+            svc.db_path, svc.library_root, svc.runtime, keep_rules=config.keep_rules, allow_trash=config.allow_trash
+        )
+    return svc.duplicates
+
+
+def _json_body():
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise BadRequest('the body must be JSON: {"images": [id, id, ...]}')
+    return body
+
+
+@bp.get("/api/duplicates")
+def duplicates_list():
+    args = request.args
+    return duplicates().listing(args.get("threshold"), args.get("tier"), args.get("offset"), args.get("limit"))
+
+
+@bp.post("/api/duplicates/dismiss")
+def duplicates_dismiss():
+    return duplicates().dismiss(_json_body())
 
 
 @bp.get("/api/similar")

@@ -1,0 +1,348 @@
+"""The duplicates listing (`GET /api/duplicates`, `simd duplicates`) and the "not duplicates" decisions.
+
+Reads the stored pairs of contents (`simd.dupindex`), groups them at the request's threshold
+(`duplicates.groups`: identical bytes always together, never two members below the model's floor,
+dismissed pairs never linked), suggests the copy to keep (`keep_rules`) and orders the groups by the
+bytes the other copies take. Never writes, but for `dismiss` (the user's decision: one small
+transaction of its own, not index content).
+
+**Fast at 100k images**: the whole grouping of a (model, threshold) is computed once and cached until
+the index, its pairs or the dismissals change (`store.counts()["revision"]` and `dupindex.version`);
+a page is a slice of it.
+
+**Image sizes** (for the `most_pixels` rule and the page) are read lazily from each member's file
+header (Pillow opens the header only; EXIF orientation applied, so the size is upright) and kept
+in memory by (id, size, mtime): nothing is stored, so indexes from before need no re-embedding. A
+file that cannot be read has width and height null (the rule ranks it last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from simd import dupindex, imaging
+from simd.duplicates import DEFAULT_KEEP_RULES, Member, groups, suggest_keep
+from simd.errors import BadRequest, NotFound, NotReady
+from simd.formats import sniff_format
+from simd.paths import display_path
+from simd.runtime import Runtime
+from simd.search import ID_MAX, LIMIT_MAX, OFFSET_MAX, _int_param, shown
+from simd.store import Store
+from simd.storevalues import from_blob, path_from_db
+
+TIERS = ("identical", "near-duplicate")
+_CACHE_MAX = 8  # groupings kept (model x threshold)
+IDS_MAX = 10_000  # ids in one dismiss or trash request
+
+
+def parse_threshold(value: Any, lowest: float, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        t = float(str(value).strip())
+    except ValueError:
+        raise BadRequest(f"threshold must be a number from {lowest} to 1.0, got {shown(value)}") from None
+    if not (math.isfinite(t) and lowest <= t <= 1.0):
+        raise BadRequest(f"threshold must be from {lowest} to 1.0 (this model's lowest), got {shown(value)}")
+    return t
+
+
+def parse_tier(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in TIERS:
+        raise BadRequest(f"tier must be one of {', '.join(TIERS)} (or absent for both), got {shown(value)}")
+    return str(value)
+
+
+def header_size(path: str | os.PathLike) -> tuple[int | None, int | None, str]:
+    """(width, height) upright, from the file's header alone, and its format (from its content)."""
+    try:
+        with open(path, "rb") as f:
+            fmt = sniff_format(f.read(256)) or ""
+            f.seek(0)
+            if fmt in ("heif", "avif"):
+                imaging._plugin_available(fmt)
+            with imaging._pillow_warnings_silenced(), Image.open(f) as img:
+                w, h = img.size
+                if imaging._orientation(img, str(path)) in (5, 6, 7, 8):  # turned a quarter
+                    w, h = h, w
+                return int(w), int(h), fmt
+    except Exception:  # any unreadable header: size unknown, never a failed listing
+        return None, None, fmt if "fmt" in locals() else ""
+
+
+class DuplicatesService:
+    """The groups of copies of the active model (`runtime.model`) in the index at `db_path`."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        library_root: Path,
+        runtime: Runtime,
+        *,
+        keep_rules: tuple[str, ...] | list[str] = DEFAULT_KEEP_RULES,
+        allow_trash: bool = False,
+    ):
+        self.db_path, self.library_root, self.runtime = Path(db_path), Path(library_root), runtime
+        self.keep_rules = tuple(keep_rules)
+        self.allow_trash = allow_trash
+        self._local = threading.local()
+        self._lock = threading.Lock()  # one grouping computed at a time; the cache
+        self._cache: dict[tuple, tuple[tuple, dict]] = {}
+        self._headers: dict[tuple[int, int, int], tuple[int | None, int | None, str]] = {}
+        self.computed = 0  # groupings computed (not from the cache), for tests and the benchmark
+
+    def store(self) -> Store:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = Store(self.db_path, readonly=True)
+        return store
+
+    def model(self) -> str:
+        model = self.runtime.model or self.store().get_meta("model")
+        if not model:
+            raise NotReady("the model is still loading; try again in a moment")
+        return model
+
+    def state(self) -> dict:
+        """/api/status's "duplicates": building (with done/total), ready, or off (pairs not built and
+        no build running: an index `simd index` made, until a daemon serves it)."""
+        dup = self.runtime.duplicates
+        if dup and dup.get("state") == "building":
+            return dict(dup)
+        model = self.runtime.model or self.store().get_meta("model")
+        built = model is not None and dupindex.is_built(self.store(), model)
+        return {"state": "ready" if built else "off", "done": 0, "total": 0}
+
+    def listing(self, threshold: Any = None, tier: Any = None, offset: Any = 0, limit: Any = 50) -> dict:
+        model = self.model()
+        t, calibrated = dupindex.thresholds(model)
+        thr = parse_threshold(threshold, t.lowest, t.threshold)
+        tier_s = parse_tier(tier)
+        offset_i = _int_param("offset", offset, 0, 0, OFFSET_MAX)
+        limit_i = _int_param("limit", limit, 50, 1, LIMIT_MAX)
+        floor = t.floor if calibrated else thr  # uncalibrated: no chains below the asked threshold
+        store = self.store()
+        built = dupindex.is_built(store, model)
+        every = self._grouping(store, model, thr, min(floor, thr))
+        listed = [g for g in every if tier_s is None or g["tier"] == tier_s]
+        dup = self.runtime.duplicates or {}
+        return {
+            "complete": built,
+            "model": model,
+            "threshold": thr,
+            "floor": min(floor, thr),
+            "lowest": t.lowest,
+            "calibrated": calibrated,
+            "progress": None if built else {"done": int(dup.get("done", 0)), "total": int(dup.get("total", 0))},
+            "total": len(listed),
+            "total_images": sum(len(g["images"]) for g in listed),
+            "reclaimable_bytes": sum(g["reclaimable_bytes"] for g in listed),
+            "offset": offset_i,
+            "limit": limit_i,
+            "allow_trash": self.allow_trash,
+            "groups": listed[offset_i : offset_i + limit_i],
+        }
+
+    def _grouping(self, store: Store, model: str, threshold: float, floor: float) -> list[dict]:
+        key = (model, threshold, floor, self.keep_rules)
+        with self._lock:
+            version = (store.counts(model)["revision"], dupindex.version(store))
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]["groups"]
+            found = self._compute(store, model, threshold, floor)
+            self.computed += 1
+            self._cache[key] = (version, {"groups": found})
+            while len(self._cache) > _CACHE_MAX:
+                self._cache.pop(next(iter(self._cache)))
+            return found
+
+    def _compute(self, store: Store, model: str, threshold: float, floor: float) -> list[dict]:
+        stored = dupindex.load_pairs(store, model)
+        copies = dupindex.copies_by_hash(store, model)
+        ids_of = dict(copies)
+        ids_of.update(dupindex.ids_by_hash(store, model, {h for a, b, _ in stored for h in (a, b)} - set(copies)))
+        rep = {h: ids[0] for h, ids in ids_of.items()}
+        hash_of = {i: h for h, ids in ids_of.items() for i in ids}
+        known = [(a, b, s) for a, b, s in stored if a in rep and b in rep]
+        pair_score = {(a, b): s for a, b, s in known}
+        arrays = (
+            np.array([rep[a] for a, _, _ in known], np.int64),
+            np.array([rep[b] for _, b, _ in known], np.int64),
+            np.array([s for _, _, s in known], np.float64),
+        )
+        similarity = _StoredSimilarity(store)
+        dismissed = dupindex.load_dismissed(store)
+        found = groups(
+            arrays,
+            threshold,
+            floor,
+            hashes=hash_of,
+            dismissed={frozenset(k) for k in dismissed if k[0] != k[1]},
+            similarity=similarity,
+        )
+        out = []
+        rows = _rows(store, [i for g in found for i in g.members])
+        for g in found:
+            if g.tier == "identical":
+                (h,) = {hash_of[i] for i in g.members}
+                if (dismissed.get((h, h)) or 0) >= len(g.members):  # no copy since it was dismissed
+                    continue
+            members = [rows[i] for i in g.members if i in rows]
+            if len(members) > 1:
+                out.append(self._group(g.tier, g.min_score, g.max_score, members, hash_of, pair_score, similarity))
+        out.sort(key=lambda g: (-g["reclaimable_bytes"], g["images"][0]["path"]))
+        return out
+
+    def _group(self, tier, lo, hi, rows: list[dict], hash_of, pair_score, similarity) -> dict:
+        facts = [self._header(r) for r in rows]
+        members = [
+            Member(r["path"], w, h, r["size"], r["mtime_ns"] / 1e9, r["id"])
+            for r, (w, h, _) in zip(rows, facts, strict=True)
+        ]
+        keep = suggest_keep(members, self.keep_rules)
+        keeper = rows[keep.index]
+        kh = hash_of[keeper["id"]]
+        images = []
+        for r, (w, h, fmt) in zip(rows, facts, strict=True):
+            mh = hash_of[r["id"]]
+            if mh == kh:
+                score = 1.0
+            else:
+                score = pair_score.get((min(kh, mh), max(kh, mh)))
+                if score is None:
+                    score = float(similarity(np.array([keeper["id"]]), np.array([r["id"]]))[0])
+            v = _version(r)
+            images.append(
+                {
+                    "id": r["id"],
+                    "path": display_path(r["path"]),
+                    "keep": r["id"] == keeper["id"],
+                    "score": round(float(score), 4),
+                    "identical_to_keeper": mh == kh,
+                    "bytes": r["size"],
+                    "width": w,
+                    "height": h,
+                    "mtime": r["mtime_ns"] / 1e9,
+                    "format": fmt,
+                    "version": v,
+                    "thumb": f"/api/images/{r['id']}/thumb?v={v}",
+                    "url": f"/api/images/{r['id']}/file?v={v}",
+                }
+            )
+        images.sort(key=lambda m: (not m["keep"], -m["score"], m["path"]))
+        contents = sorted({hash_of[r["id"]] for r in rows})
+        return {
+            "id": hashlib.blake2b("\n".join(contents).encode(), digest_size=16).hexdigest(),
+            "tier": tier,
+            "min_score": round(float(lo), 4),
+            "max_score": round(float(hi), 4),
+            "reclaimable_bytes": sum(r["size"] for r in rows if r["id"] != keeper["id"]),
+            "keep": {
+                "id": keeper["id"],
+                "decided_by": keep.decided_by,
+                "steps": [
+                    {"rule": s.rule, "reason": s.reason, "kept": [rows[i]["id"] for i in s.kept]} for s in keep.steps
+                ],
+            },
+            "images": images,
+        }
+
+    def _header(self, row: dict) -> tuple[int | None, int | None, str]:
+        key = (row["id"], row["size"], row["mtime_ns"])
+        hit = self._headers.get(key)
+        if hit is None:
+            hit = self._headers[key] = header_size(self.library_root / row["path"])
+        return hit
+
+    def image_rows(self, body: Any, *, least: int) -> list[dict]:
+        """The indexed images a JSON body `{"images": [id, ...]}` names (at least `least` distinct ids):
+        BadRequest for a bad body, NotFound for an id that is no indexed image."""
+        ids = body.get("images") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise BadRequest('send a JSON object {"images": [id, id, ...]} of image ids (integers)')
+        ids = list(dict.fromkeys(ids))
+        if not least <= len(ids) <= IDS_MAX:
+            raise BadRequest(f"images must hold from {least} to {IDS_MAX} distinct ids, got {len(ids)}")
+        rows = []
+        for i in ids:
+            row = self.store().get(i) if 0 <= i <= ID_MAX else None
+            if row is None or row["state"] != "ok" or not row["hash"]:
+                raise NotFound(f"no indexed image with id {i}")
+            rows.append(row)
+        return rows
+
+    def dismiss(self, body: Any) -> dict:
+        """ "Not duplicates" for every pair of the contents of these images (POST /api/duplicates/dismiss)."""
+        rows = self.image_rows(body, least=2)
+        with Store(self.db_path) as store:
+            n = dupindex.dismiss(store, [r["hash"] for r in rows])
+        return {"dismissed_pairs": n}
+
+    def absolute_path(self, rel: str) -> str:
+        return os.path.join(self.library_root, *rel.split("/"))
+
+
+def _version(row: dict) -> str:
+    return f"{row['size']:x}-{row['mtime_ns']:x}-{int((row.get('updated_at') or 0) * 1000):x}"
+
+
+def _rows(store: Store, ids: list[int]) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for s in range(0, len(ids), 500):
+        for r in store.execute(
+            "SELECT id, path, size, mtime_ns, updated_at FROM images WHERE id IN ({})".format(
+                ", ".join("?" * len(ids[s : s + 500]))
+            ),
+            ids[s : s + 500],
+        ):
+            out[int(r[0])] = {
+                "id": int(r[0]),
+                "path": path_from_db(r[1]),
+                "size": r[2],
+                "mtime_ns": r[3],
+                "updated_at": r[4],
+            }
+    return out
+
+
+class _StoredSimilarity:
+    """`groups`' similarity from the stored vectors of the ids it is asked about (float64 cosines)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.vec: dict[int, np.ndarray] = {}
+
+    def _load(self, ids: set[int]) -> None:
+        missing = sorted(ids - set(self.vec))
+        for s in range(0, len(missing), 500):
+            part = missing[s : s + 500]
+            marks = ", ".join("?" * len(part))
+            for image_id, blob in self.store.execute(
+                f"SELECT id, vector FROM images WHERE id IN ({marks}) AND vector IS NOT NULL", part
+            ):
+                raw = from_blob(blob)
+                if raw is None:
+                    continue
+                v = raw.astype(np.float64)
+                self.vec[int(image_id)] = v / (np.linalg.norm(v) or 1.0)
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self._load({int(i) for i in a} | {int(i) for i in b})
+        return np.array(
+            [
+                float(self.vec[int(i)] @ self.vec[int(j)]) if int(i) in self.vec and int(j) in self.vec else -1.0
+                for i, j in zip(a, b, strict=True)
+            ],
+            np.float64,
+        )
