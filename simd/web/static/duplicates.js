@@ -27,12 +27,21 @@
   let sliderTimer = null;
 
   // -- small formatting helpers ----------------------------------------------------------------------
+  // 1024 to the KB, as the keep rules' reasons (simd/keeprules.py) count: the two must agree
   function bytes(n) {
-    if (!(n > 0)) return "0 B";
-    const units = ["B", "KB", "MB", "GB", "TB"];
+    if (!(n > 0)) return "0 bytes";
+    const units = ["bytes", "KB", "MB", "GB", "TB"];
     let i = 0;
-    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
-    return (i === 0 ? String(n) : n.toFixed(n < 10 ? 1 : 0)) + " " + units[i];
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i === 0 ? String(n) : n.toFixed(1)) + " " + units[i];
+  }
+  // a path may break after / _ - . rather than mid-name (<wbr>, which its text does not contain)
+  function breakable(el, text) {
+    el.replaceChildren();
+    for (const piece of text.split(/(?<=[/_\-.])/)) {
+      if (el.firstChild) el.appendChild(document.createElement("wbr"));
+      el.appendChild(document.createTextNode(piece));
+    }
   }
   const plural = (n, one, many) => n + " " + (n === 1 ? one : many);
   const ruleLabel = (rule) => {
@@ -144,12 +153,10 @@
 
   function showMessage(text, kind, el = $("dup-message")) {
     el.textContent = text;
-    el.className = el.className.replace(/\b(hidden|info|error)\b/g, "").trim() + " " + (kind || "info");
+    el.classList.remove("hidden", "info", "error");
+    el.classList.add(kind || "info");
   }
-  const hideMessage = (el = $("dup-message")) => {
-    el.textContent = "";
-    el.classList.add("hidden");
-  };
+  const hideMessage = (el = $("dup-message")) => { el.textContent = ""; el.classList.add("hidden"); };
 
   function render() {
     renderControls();
@@ -160,7 +167,7 @@
     if (!data.total) {
       showMessage(data.complete ? "No duplicates found at this threshold."
         : "No duplicates found at this threshold so far: still comparing the library.", "info");
-    } else if ($("dup-message").classList.contains("info") && !$("dup-message").dataset.keep) {
+    } else if (!$("dup-message").dataset.keep) { // what an action just did stays; an old error goes
       hideMessage();
     }
     delete $("dup-message").dataset.keep;
@@ -170,7 +177,6 @@
   function renderControls() {
     const slider = $("dup-threshold");
     slider.min = String(data.lowest);
-    slider.max = "1";
     if (!sliderTimer) slider.value = String(data.threshold); // not under a finger being dragged
     $("dup-threshold-value").textContent = Number(slider.value).toFixed(3);
     $("dup-threshold-reset").disabled = view.threshold === null;
@@ -277,7 +283,7 @@
     node.querySelector(".dup-meta").textContent = [bytes(img.bytes), dims, (img.format || "").toUpperCase()]
       .filter(Boolean).join(" · ");
     const path = node.querySelector(".dup-path");
-    path.textContent = img.path;
+    breakable(path, img.path);
     path.title = img.path;
     const link = node.querySelector(".open");
     link.href = img.url;
@@ -381,18 +387,15 @@
     changed();
   });
   $("dup-controls").addEventListener("submit", (e) => e.preventDefault());
-  $("dup-prev").addEventListener("click", () => {
-    view.offset = Math.max(0, view.offset - view.limit);
+  function turnPage(step) {
+    view.offset = Math.max(0, Math.min(view.offset + step * view.limit, data ? data.total - 1 : 0));
+    view.offset -= view.offset % view.limit;
     writeHash();
     load();
     $("dup-title").scrollIntoView({ block: "start" });
-  });
-  $("dup-next").addEventListener("click", () => {
-    if (data && view.offset + view.limit < data.total) view.offset += view.limit;
-    writeHash();
-    load();
-    $("dup-title").scrollIntoView({ block: "start" });
-  });
+  }
+  $("dup-prev").addEventListener("click", () => turnPage(-1));
+  $("dup-next").addEventListener("click", () => turnPage(1));
 
   route();
 })();
