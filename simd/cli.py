@@ -71,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", help="which library's index (when several exist)")
     p.add_argument("--json", action="store_true", help="print the same object as GET /api/errors (no links)")
 
+    p = sub.add_parser(
+        "duplicates",
+        help="groups of copies, the suggested keeper first (simd never deletes)",
+        description="Groups of identical and near-duplicate images, read from the index (no daemon needed). "
+        "simd never deletes: act on the list yourself, e.g. `simd duplicates --print0 | xargs -0 gio trash`.",
+    )
+    _common(p)
+    p.add_argument("--library", help="which library's index (when several exist)")
+    p.add_argument("--threshold", help="cosine from which two images are near-duplicates (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print the same object as GET /api/duplicates, all groups")
+    p.add_argument(
+        "--print0",
+        action="store_true",
+        help="print the absolute paths of the copies not kept, NUL-separated (for xargs -0)",
+    )
+
     sub.add_parser("models", help="the backbones and whether their weights are available")
 
     p = sub.add_parser("weights", help="manage model weights")

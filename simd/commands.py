@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from simd import config as cfg
+from simd import dupindex
 from simd.client import ask_similar, live_status
 from simd.embedder import Embedder
 from simd.errors import NotFound, SimdError
 from simd.ignore import IgnoreRules
 from simd.paths import display_path
 from simd.progress import ProgressBar
-from simd.search import SearchService
+from simd.search import SearchService, load_index
 from simd.statedir import StateDir, db_path, find_state_dir
 from simd.store import Store
 from simd.storehealth import is_damage, note_damage, write_failure
@@ -41,14 +42,21 @@ def cmd_index(config: cfg.Config, args) -> int:
             try:
                 with store.batch():
                     store.set_meta("model", embedder.model_id)
+                # Pairs of copies already built (a daemon served this index): kept fresh here too,
+                # which needs the matrix in RAM; else the daemon's next start builds them all.
+                vectors = dup = None
+                if dupindex.is_built(store, embedder.model_id):
+                    vectors = load_index(store, embedder.model_id, embedder.dim)
+                    dup = dupindex.DupIndex(embedder.model_id, vectors)
                 reconciler = Reconciler(
                     state_dir.root,
                     store,
                     embedder,
-                    None,
+                    vectors,
                     IgnoreRules(config.ignore),
                     follow_symlinks=config.follow_symlinks,
                     on_progress=bar.update,
+                    duplicates=dup,
                 )
                 summary = reconciler.run(allow_mass_delete=getattr(args, "allow_mass_delete", False))
             finally:
@@ -196,3 +204,74 @@ def cmd_errors(config: cfg.Config, args) -> int:
     for r in rows:
         print(f"{display_path(r['path'], controls=True)}: {r['error']}")
     return 0
+
+
+def cmd_duplicates(config: cfg.Config, args) -> int:
+    """The groups of copies, read from the state dir (no daemon needed); simd itself never deletes."""
+    import os
+    import sys
+
+    from simd.dupservice import DuplicatesService
+    from simd.errors import BadRequest, ConfigError
+    from simd.runtime import Runtime
+
+    state_dir = find_state_dir(config, getattr(args, "library", None))
+    with Store(db_path(state_dir), readonly=True) as store:
+        model, root = store.get_meta("model"), store.get_meta("library_root") or ""
+    if not model:
+        raise NotFound(f"the index in {state_dir} is empty; run `simd index` or `simd serve` first")
+    service = DuplicatesService(
+        db_path(state_dir), Path(root), Runtime("idle", model=model), keep_rules=config.keep_rules
+    )
+    try:
+        out = service.listing(threshold=args.threshold, limit=1)
+    except BadRequest as e:
+        raise ConfigError(f"--threshold: {e.message}") from None
+    out["groups"] = _all_groups(service, args.threshold, out["total"])
+    out["limit"] = out["total"]
+    if not out["complete"]:
+        print(
+            "simd: the pairs of near-duplicates of this index are not built yet (a running `simd serve` builds "
+            "them); only what is stored is listed",
+            file=sys.stderr,
+        )
+    if args.print0:
+        store = service.store()
+        for group in out["groups"]:
+            for image in group["images"]:
+                if not image["keep"]:
+                    row = store.get(image["id"])  # the exact name, not the shown one
+                    if row is not None:
+                        sys.stdout.buffer.write(os.fsencode(service.absolute_path(row["path"])) + b"\0")
+        sys.stdout.buffer.flush()
+        return 0
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(
+        f"{out['total']} groups of copies ({out['model']}, threshold {out['threshold']:g}"
+        f"{'' if out['calibrated'] else ', not calibrated'}): {out['total_images']} images, "
+        f"{out['reclaimable_bytes'] / 1e6:.1f} MB in the copies not kept"
+    )
+    for group in out["groups"]:
+        scores = (
+            "same bytes"
+            if group["tier"] == "identical"
+            else f"scores {group['min_score']:.2f}-{group['max_score']:.2f}"
+        )
+        print(f"\n{group['tier']} ({scores}), {group['reclaimable_bytes'] / 1e6:.1f} MB to reclaim:")
+        for image in group["images"]:
+            size = f"{image['width']}x{image['height']}" if image["width"] else "size unknown"
+            mark = "keep" if image["keep"] else f"{image['score']:.2f}"
+            print(f"  {mark:>5}  {display_path(image['path'], controls=True)}  ({size}, {image['bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
+def _all_groups(service, threshold, total: int) -> list[dict]:
+    groups: list[dict] = []
+    while len(groups) < total:
+        page = service.listing(threshold=threshold, offset=len(groups), limit=500)["groups"]
+        if not page:
+            break
+        groups += page
+    return groups

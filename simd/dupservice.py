@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from simd import dupindex, imaging
+from simd import dupindex, duptrash, imaging
 from simd.duplicates import DEFAULT_KEEP_RULES, Member, groups, suggest_keep
 from simd.errors import BadRequest, NotFound, NotReady
 from simd.formats import sniff_format
@@ -288,6 +288,37 @@ class DuplicatesService:
         with Store(self.db_path) as store:
             n = dupindex.dismiss(store, [r["hash"] for r in rows])
         return {"dismissed_pairs": n}
+
+    def trash(self, body: Any) -> dict:
+        """Move these copies to the desktop trash (POST /api/duplicates/trash; see `simd.duptrash`):
+        each must be in a group at the threshold (`threshold` in the body, else the model's), and no
+        group may lose every member."""
+        if not self.allow_trash:
+            raise duptrash.TrashDisabled(duptrash.DISABLED_MESSAGE)
+        rows = self.image_rows(body, least=1)
+        model = self.model()
+        t, calibrated = dupindex.thresholds(model)
+        thr = parse_threshold(body.get("threshold"), t.lowest, t.threshold)
+        wanted = {r["id"] for r in rows}
+        grouped: set[int] = set()
+        for g in self._grouping(self.store(), model, thr, t.floor if calibrated else thr):
+            ids = {m["id"] for m in g["images"]}
+            if ids <= wanted:
+                raise duptrash.WouldTrashAll(
+                    f"refused: this would trash every copy in group {g['id']} "
+                    f"({', '.join(m['path'] for m in g['images'])}); leave at least one (its keeper: "
+                    f"{g['images'][0]['path']})"
+                )
+            grouped |= ids & wanted
+        if lost := sorted(wanted - grouped):
+            raise duptrash.NotADuplicate(
+                f"refused: image(s) {', '.join(map(str, lost))} are in no group of copies at threshold {thr}; "
+                "only duplicates are trashed here"
+            )
+        files = [(display_path(r["path"]), self.absolute_path(r["path"])) for r in rows]
+        duptrash.check_writable([f for _, f in files], self.library_root)
+        trashed, failed = duptrash.move_to_trash(files)
+        return {"trashed": trashed, "failed": failed}
 
     def absolute_path(self, rel: str) -> str:
         return os.path.join(self.library_root, *rel.split("/"))

@@ -5,7 +5,10 @@ and the user's "not duplicates" outlives renames and a full rescan."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -116,3 +119,116 @@ def test_copies_are_grouped_and_follow_the_library(library, tmp_path, lite0_conv
         served.wait_until(lambda: served.get("/api/duplicates")["total"] == 0, 60, "no group")
     finally:
         assert served.stop() == 0
+
+
+def assert_error(status: int, body: dict, want_status: int, code: str) -> None:
+    assert status == want_status, body
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"], body
+
+
+BAD_LISTINGS = [
+    ("threshold=abc", "threshold must be a number"),
+    ("threshold=2", "threshold must be from 0.65 to 1.0"),
+    ("threshold=0.1", "threshold must be from 0.65"),
+    ("threshold=nan", "threshold must be from"),
+    ("threshold=1e999", "threshold must be from"),
+    ("tier=x", "tier must be one of identical, near-duplicate"),
+    ("offset=-1", "offset must be from 0"),
+    ("offset=99999999999999999999999999999999", "offset must be from 0"),
+    ("limit=0", "limit must be from 1 to 500"),
+    ("limit=501", "limit must be from 1 to 500"),
+    ("limit=abc", "limit must be an integer"),
+]
+
+
+def test_dismissed_group_stays_dismissed_through_renames_and_a_rescan(library, tmp_path, lite0_converted):
+    resaved(library / "DCIM" / "beach.jpg", library / "Shared" / "beach-small.jpg")
+    (library / "Backup").mkdir()
+    shutil.copy2(library / "DCIM" / "beach.jpg", library / "Backup" / "beach (1).jpg")
+    state = tmp_path / "state"
+    served = Served(library, state)
+    try:
+        served.wait_idle(indexed=5)
+        g = served.wait_until(lambda: (x := group_with(served, "DCIM/beach.jpg")) and len(x["images"]) == 3 and x, 60)
+        ids = [m["id"] for m in g["images"]]
+
+        for query, message in BAD_LISTINGS:
+            status, body = get_status(served, "/api/duplicates?" + query)
+            assert_error(status, body, 400, "bad_request")
+            assert message in body["error"]["message"], (query, body)
+        for raw, want, code in [
+            (b"not json", 400, "bad_request"),
+            (b"[1, 2]", 400, "bad_request"),
+            (b'{"images": "1,2"}', 400, "bad_request"),
+            (b'{"images": [true, false]}', 400, "bad_request"),
+            (json.dumps({"images": [ids[0]]}).encode(), 400, "bad_request"),
+            (json.dumps({"images": [ids[0], ids[0]]}).encode(), 400, "bad_request"),
+            (json.dumps({"images": [ids[0], 987654]}).encode(), 404, "not_found"),
+            (json.dumps({"images": [ids[0], 10**30]}).encode(), 404, "not_found"),
+        ]:
+            status, body = post(served, "/api/duplicates/dismiss", None, raw=raw)
+            assert_error(status, body, want, code)
+        status, body = post(served, "/api/duplicates/trash", {"images": [ids[1]]})
+        assert_error(status, body, 403, "trash_disabled")
+        assert "allow_trash" in body["error"]["message"]
+
+        # "not duplicates" for the whole group: the near pair and the two identical files
+        status, body = post(served, "/api/duplicates/dismiss", {"images": ids})
+        assert status == 200 and body == {"dismissed_pairs": 2}
+        assert served.get("/api/duplicates")["total"] == 0
+
+        # renamed and moved, then a full rescan: still dismissed (decisions are keyed by content)
+        (library / "Shared" / "beach-small.jpg").rename(library / "DCIM" / "beach-renamed.jpg")
+        (library / "Backup").rename(library / "Old")
+        status, _ = post(served, "/api/rescan", None, raw=b"")
+        assert status == 202
+        served.wait_until(lambda: "Old/beach (1).jpg" in served.paths() and "DCIM/beach-renamed.jpg" in served.paths())
+        served.wait_idle(indexed=5)
+        assert served.get("/api/duplicates")["total"] == 0
+        assert served.get("/api/duplicates?threshold=0.65")["total"] == 0
+
+        # a new copy of the same photo starts a group that shows it
+        resaved(library / "DCIM" / "beach.jpg", library / "New" / "beach-again.jpg", scale=0.6, quality=70)
+        g = served.wait_until(lambda: group_with(served, "New/beach-again.jpg"), 60, "the new copy's group")
+        paths = {m["path"] for m in g["images"]}
+        assert paths & {"DCIM/beach.jpg", "DCIM/beach-renamed.jpg", "Old/beach (1).jpg"}, paths
+        # the dismissed pair itself is never put back together
+        assert not {"DCIM/beach.jpg", "DCIM/beach-renamed.jpg"} <= paths
+    finally:
+        assert served.stop() == 0
+
+    # the CLI, without a daemon, reading the state dir
+    # this checkout's simd from any working directory (the --print0 run is made from /)
+    env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["complete"] is True and out["total"] == len(out["groups"]) >= 1
+    group = next(x for x in out["groups"] if "New/beach-again.jpg" in {m["path"] for m in x["images"]})
+    assert group["images"][0]["keep"] is True
+    done = subprocess.run(
+        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--print0"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    paths = [Path(os.fsdecode(p)) for p in done.stdout.split(b"\0") if p]
+    not_kept = {library / m["path"] for x in out["groups"] for m in x["images"] if not m["keep"]}
+    assert set(paths) == not_kept and all(p.is_absolute() and p.is_file() for p in paths)
+    assert library / "DCIM" / "beach.jpg" not in paths
+    done = subprocess.run(
+        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--threshold", "abc"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "threshold must be a number" in done.stderr

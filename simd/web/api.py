@@ -15,6 +15,7 @@ from flask import Blueprint, request, send_file, url_for
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from simd.dupservice import DuplicatesService
+from simd.duptrash import DISABLED_MESSAGE, TrashDisabled
 from simd.errors import BadRequest, ImageError, NotFound, TooLarge
 from simd.formats import CONTENT_TYPES, sniff_format
 from simd.paths import display_path
@@ -93,6 +94,14 @@ def duplicates_list():
 @bp.post("/api/duplicates/dismiss")
 def duplicates_dismiss():
     return duplicates().dismiss(_json_body())
+
+
+@bp.post("/api/duplicates/trash")
+def duplicates_trash():
+    dups = duplicates()
+    if not dups.allow_trash:  # said first, whatever the body
+        raise TrashDisabled(DISABLED_MESSAGE)
+    return dups.trash(_json_body())
 
 
 @bp.get("/api/similar")
