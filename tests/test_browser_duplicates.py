@@ -200,6 +200,11 @@ def test_threshold_tier_and_pages_follow_the_api(browser, served):
     page.reload()  # the address keeps it
     expect(page.get_by_test_id("dup-summary")).to_contain_text("threshold 0.950")
     expect(page.get_by_test_id("dup-group")).to_have_count(strict["total"])
+    # by keyboard: End takes the slider to 1.0, where only identical files and the closest copies remain
+    page.get_by_test_id("dup-threshold").focus()
+    page.keyboard.press("End")
+    expect(page.get_by_test_id("dup-summary")).to_contain_text("threshold 1.000")
+    same_groups(page, api(served, "threshold=1.0"))
     page.get_by_test_id("dup-threshold-reset").click()
     expect(page.get_by_test_id("dup-group")).to_have_count(default["total"])
 
@@ -315,7 +320,9 @@ def test_not_duplicates_removes_the_group_for_good(browser, served):
     gone, kept = before["groups"][0], before["groups"][1]
     page.evaluate("window.__samePage = true")
     other = page.locator(f"[data-testid=dup-group][data-id='{kept['id']}']").element_handle()
-    page.locator(f"[data-testid=dup-group][data-id='{gone['id']}']").get_by_test_id("dup-dismiss").click()
+    # by keyboard: the button is a button
+    page.locator(f"[data-testid=dup-group][data-id='{gone['id']}']").get_by_test_id("dup-dismiss").focus()
+    page.keyboard.press("Enter")
     expect(page.locator(f"[data-testid=dup-group][data-id='{gone['id']}']")).to_have_count(0)
     expect(groups).to_have_count(before["total"] - 1)
     assert page.evaluate("window.__samePage === true")  # no reload
@@ -374,6 +381,8 @@ def test_move_to_trash_when_allowed(browser, tmp_path):
         trash = page.get_by_test_id("dup-trash")
         expect(trash).to_have_text("Move 1 copy to trash")
 
+        thumbs_loaded(page, 0)
+        shot(page, "duplicates-trash.png")
         dialogs = []
         page.once("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))  # "Cancel" first
         trash.click()
@@ -382,16 +391,29 @@ def test_move_to_trash_when_allowed(browser, tmp_path):
         assert (library / other["path"]).exists()
 
         page.once("dialog", lambda d: d.accept())
+        listings = []
+        page.on("response", lambda r: listings.append(r.url) if "/api/duplicates?" in r.url else None)
         trash.click()
-        expect(page.get_by_test_id("dup-message")).to_contain_text("Moved 1 file to the trash")
+        message = page.get_by_test_id("dup-message")
+        expect(message).to_contain_text("Moved 1 file to the trash; kept " + keeper["path"])
         expect(page.get_by_test_id("dup-group")).to_have_count(0)
         assert not (library / other["path"]).exists() and (library / keeper["path"]).exists()
         trashed = list((home / ".local/share/Trash/files").iterdir())
         assert [p.name for p in trashed] == [Path(other["path"]).name]
-        # the index follows: once the watcher has seen it, the listing is empty, and the page says so
+        # the page empty, it lists again: the server may still list the group until its watcher has
+        # seen the file go, and the page must not show it again meanwhile
+        page.wait_for_function("() => document.querySelector('[data-testid=dup-summary]').dataset.total === '0'")
         daemon.wait_until(lambda: api(daemon)["total"] == 0, 60, "an empty listing")
+        n = len(listings)
+        page.wait_for_timeout(2500)  # one more listing (the page polls while the server lags behind)
+        assert listings, "the page did not list again"
+        expect(page.get_by_test_id("dup-group")).to_have_count(0)
+        expect(message).to_contain_text("Moved 1 file to the trash")  # what was done stays in view
+        shot(page, "duplicates-trashed.png")
+        assert len(listings) <= n + 1, "the page keeps polling a listing that is up to date"
         page.reload()
-        expect(page.get_by_test_id("dup-message")).to_have_text("No duplicates found at this threshold.")
+        expect(page.get_by_test_id("dup-empty")).to_have_text("No duplicates found at this threshold.")
+        expect(page.get_by_test_id("dup-message")).to_be_hidden()
         expect(page.get_by_test_id("dup-page-info")).to_have_text("")
         watch.check()
         assert daemon.stop() == 0

@@ -6,48 +6,23 @@
   "use strict";
 
   const $ = (id) => document.getElementById(id);
-  const { apiJson, friendly, setImage, openOriginal } = window.simd.net;
-  const { noPreview, basename, percent } = window.simd.cards;
+  const { apiJson, friendly } = window.simd.net;
+  const { basename } = window.simd.cards;
+  const { makeGroup, bytes, plural, TIER_LABEL } = window.simd.dupRows;
   const { searchById } = window.simd.search;
 
   const HASH = "#duplicates";
   const DEFAULT_LIMIT = 20;
   const POLL_MS = 2000; // while the pairs of an existing index are still being built
-  const TIER_LABEL = { identical: "Identical files", "near-duplicate": "Near-duplicates" };
-  const RULE_LABEL = {
-    most_pixels: "most pixels", largest_file: "largest file", oldest: "oldest", newest: "newest",
-    shortest_path: "shortest path", first_path: "first by path", only_member: "the only member",
-  };
-
   // What is asked: `threshold` null = the model's default (the response says which it is).
   const view = { threshold: null, tier: "", offset: 0, limit: DEFAULT_LIMIT };
   let data = null; // the last response, kept up to date as groups are dismissed or trashed
   let seq = 0;
+  // Groups trashed from this page: the server lists them until its watcher has seen the files go
+  // (a moment later), and the page must not show them again meanwhile.
+  const trashed = new Set();
   let pollTimer = null;
   let sliderTimer = null;
-
-  // -- small formatting helpers ----------------------------------------------------------------------
-  // 1024 to the KB, as the keep rules' reasons (simd/keeprules.py) count: the two must agree
-  function bytes(n) {
-    if (!(n > 0)) return "0 bytes";
-    const units = ["bytes", "KB", "MB", "GB", "TB"];
-    let i = 0;
-    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return (i === 0 ? String(n) : n.toFixed(1)) + " " + units[i];
-  }
-  // a path may break after / _ - . rather than mid-name (<wbr>, which its text does not contain)
-  function breakable(el, text) {
-    el.replaceChildren();
-    for (const piece of text.split(/(?<=[/_\-.])/)) {
-      if (el.firstChild) el.appendChild(document.createElement("wbr"));
-      el.appendChild(document.createTextNode(piece));
-    }
-  }
-  const plural = (n, one, many) => n + " " + (n === 1 ? one : many);
-  const ruleLabel = (rule) => {
-    const [name, arg] = rule.split(":");
-    return (RULE_LABEL[name] || name.replace(/_/g, " ")) + (arg ? " " + arg : "");
-  };
 
   // -- the view in the address: #duplicates?threshold=0.8&tier=identical&offset=20&limit=20 ----------
   const isOn = () => location.hash === HASH || location.hash.startsWith(HASH + "?");
@@ -133,6 +108,7 @@
       if (my !== seq) return;
       $("dup-view").removeAttribute("aria-busy");
       $("dup-summary").textContent = "Could not list the duplicates.";
+      delete $("dup-message").dataset.keep;
       showMessage(friendly(e), "error");
       if (e.status === 503 || e.status === 0) pollTimer = setTimeout(load, 2 * POLL_MS); // not ready yet
       return;
@@ -146,9 +122,13 @@
       load();
       return;
     }
+    const stale = got.groups.filter((g) => trashed.has(g.id));
+    trashed.clear();
+    for (const g of stale) trashed.add(g.id);
     data = got;
+    for (const g of stale) forget(g);
     render();
-    if (!data.complete) pollTimer = setTimeout(() => { if (isOn()) load(); }, POLL_MS);
+    if (!data.complete || stale.length) pollTimer = setTimeout(() => { if (isOn()) load(); }, POLL_MS);
   }
 
   function showMessage(text, kind, el = $("dup-message")) {
@@ -163,14 +143,11 @@
     renderSummary();
     const list = $("dup-groups");
     list.replaceChildren();
-    for (const g of data.groups) list.appendChild(makeGroup(g));
-    if (!data.total) {
-      showMessage(data.complete ? "No duplicates found at this threshold."
-        : "No duplicates found at this threshold so far: still comparing the library.", "info");
-    } else if (!$("dup-message").dataset.keep) { // what an action just did stays; an old error goes
-      hideMessage();
-    }
-    delete $("dup-message").dataset.keep;
+    for (const g of data.groups) list.appendChild(makeGroup(g, Boolean(data.allow_trash), actions));
+    $("dup-empty").classList.toggle("hidden", data.total > 0);
+    $("dup-empty").textContent = data.complete ? "No duplicates found at this threshold."
+      : "No duplicates found at this threshold so far: still comparing the library.";
+    if (!$("dup-message").dataset.keep) hideMessage(); // what an action did stays (see said()); an old error goes
     renderPager();
   }
 
@@ -208,93 +185,9 @@
     const pages = Math.max(1, Math.ceil(data.total / view.limit));
     const page = Math.floor(view.offset / view.limit) + 1;
     $("dup-page-info").textContent = data.total ? "Page " + page + " of " + pages : "";
+    $("dup-pager").classList.toggle("hidden", pages <= 1 && view.offset === 0); // one page: nothing to turn
     $("dup-prev").disabled = view.offset <= 0;
     $("dup-next").disabled = view.offset + view.limit >= data.total;
-  }
-
-  // -- one group -------------------------------------------------------------------------------------
-  function makeGroup(g) {
-    const node = $("dup-group-template").content.firstElementChild.cloneNode(true);
-    node.dataset.id = g.id;
-    node.dataset.tier = g.tier;
-    const tier = node.querySelector(".tier");
-    tier.textContent = TIER_LABEL[g.tier] || g.tier;
-    tier.dataset.tier = g.tier;
-    const scores = g.tier === "identical" ? "same bytes"
-      : "scores " + percent(g.min_score) + (g.max_score !== g.min_score ? "–" + percent(g.max_score) : "");
-    node.querySelector(".dup-facts").textContent = [plural(g.images.length, "image", "images"), scores,
-      bytes(g.reclaimable_bytes) + " reclaimable"].join(" · ");
-    const list = node.querySelector(".dup-images");
-    for (const img of g.images) list.appendChild(makeImage(img));
-
-    const keeper = g.images.find((i) => i.keep) || g.images[0];
-    const decisive = g.keep.steps.find((s) => s.rule === g.keep.decided_by);
-    node.querySelector(".dup-why summary").textContent = "Suggested keeper: " + basename(keeper.path) + ", by "
-      + ruleLabel(g.keep.decided_by) + (decisive && decisive.reason ? " (" + decisive.reason + ")" : "");
-    const steps = node.querySelector(".dup-steps");
-    for (const s of g.keep.steps) {
-      const li = document.createElement("li");
-      li.textContent = ruleLabel(s.rule) + ": " + (s.reason || "decided") + " — " + plural(s.kept.length, "left", "left");
-      steps.appendChild(li);
-    }
-    if (!g.keep.steps.length) node.querySelector(".dup-why summary").textContent += ".";
-
-    const dismiss = node.querySelector(".dup-dismiss");
-    dismiss.setAttribute("aria-label", "Not duplicates: stop listing these " + g.images.length + " pictures together");
-    dismiss.addEventListener("click", () => dismissGroup(g, node, dismiss));
-    const trash = node.querySelector(".dup-trash");
-    const others = g.images.filter((i) => !i.keep);
-    if (data.allow_trash && others.length) {
-      trash.textContent = "Move " + plural(others.length, "copy", "copies") + " to trash";
-      trash.setAttribute("aria-label", "Move the " + plural(others.length, "copy", "copies")
-        + " not kept to the trash, keeping " + basename(keeper.path));
-      trash.classList.remove("hidden");
-      trash.addEventListener("click", () => trashGroup(g, others, node, trash));
-    } else {
-      trash.remove(); // not allowed: the note above the groups says how to allow it
-    }
-    return node;
-  }
-
-  function makeImage(img) {
-    const node = $("dup-image-template").content.firstElementChild.cloneNode(true);
-    const name = basename(img.path);
-    node.dataset.id = String(img.id);
-    node.dataset.keep = String(img.keep);
-    const pic = node.querySelector("img");
-    pic.alt = name;
-    setImage(pic, img.thumb, noPreview);
-    const open = node.querySelector(".thumb-btn");
-    open.title = img.path;
-    open.setAttribute("aria-label", "Find images similar to " + name);
-    const badge = node.querySelector(".dup-badge");
-    badge.textContent = img.keep ? "Keep" : img.identical_to_keeper ? "Identical copy" : "Copy";
-    badge.dataset.kind = img.keep ? "keep" : img.identical_to_keeper ? "identical" : "copy";
-    const score = node.querySelector(".score");
-    if (img.keep) {
-      score.remove();
-    } else {
-      score.textContent = img.identical_to_keeper ? "100%" : percent(img.score);
-      score.title = img.identical_to_keeper ? "the same bytes as the keeper"
-        : "cosine similarity " + img.score.toFixed(3) + " to the keeper's features (100% = identical features)";
-      score.setAttribute("aria-label", "similarity to the keeper " + score.textContent);
-    }
-    const dims = img.width && img.height ? img.width + "×" + img.height : "size unknown";
-    node.querySelector(".dup-meta").textContent = [bytes(img.bytes), dims, (img.format || "").toUpperCase()]
-      .filter(Boolean).join(" · ");
-    const path = node.querySelector(".dup-path");
-    breakable(path, img.path);
-    path.title = img.path;
-    const link = node.querySelector(".open");
-    link.href = img.url;
-    link.setAttribute("aria-label", "Open the original of " + name);
-    link.addEventListener("click", (e) => openOriginal(e, img.url, (text) => showMessage(text, "error")));
-    const more = node.querySelector(".more");
-    more.setAttribute("aria-label", "More like " + name);
-    const search = () => { showSearch(false); searchById(img); };
-    more.addEventListener("click", search);
-    open.addEventListener("click", search);
-    return node;
   }
 
   // -- actions ---------------------------------------------------------------------------------------
@@ -304,19 +197,27 @@
 
   // A group gone from this page (dismissed, trashed): the totals follow without a new listing; a page
   // left empty loads again (the next groups move up).
-  function removeGroup(g, node) {
-    node.remove();
-    data.groups = data.groups.filter((x) => x !== g);
+  function forget(g) {
+    data.groups = data.groups.filter((x) => x.id !== g.id);
     data.total = Math.max(0, data.total - 1);
     data.total_images = Math.max(0, data.total_images - g.images.length);
     data.reclaimable_bytes = Math.max(0, data.reclaimable_bytes - g.reclaimable_bytes);
+  }
+
+  function removeGroup(g, node) {
+    node.remove();
+    forget(g);
     renderSummary();
     renderPager();
-    if (!data.groups.length) {
-      $("dup-message").dataset.keep = "1";
-      load();
-    }
+    if (!data.groups.length) load();
     $("dup-title").focus({ preventScroll: true }); // the button pressed is gone: focus stays in the view
+  }
+
+  // What an action did, over the groups: it stays while this listing does (its pages, its polls), and
+  // goes with a new threshold, tier or page.
+  function said(text) {
+    showMessage(text, "info");
+    $("dup-message").dataset.keep = "1";
   }
 
   async function dismissGroup(g, node, button) {
@@ -329,8 +230,8 @@
       showMessage("Could not mark them as not duplicates: " + friendly(e), "error", node.querySelector(".dup-group-message"));
       return;
     }
-    showMessage("Marked " + plural(g.images.length, "picture", "pictures") + " (" + basename(g.images[0].path)
-      + "…) as not duplicates: they are not listed together again.", "info");
+    said("Marked " + plural(g.images.length, "picture", "pictures") + " (" + basename(g.images[0].path)
+      + "…) as not duplicates: they are not listed together again.");
     removeGroup(g, node);
   }
 
@@ -352,8 +253,8 @@
     }
     const failed = result.failed || [];
     if (!failed.length) {
-      showMessage("Moved " + plural(result.trashed.length, "file", "files") + " to the trash; kept "
-        + keeper.path + ".", "info");
+      said("Moved " + plural(result.trashed.length, "file", "files") + " to the trash; kept " + keeper.path + ".");
+      trashed.add(g.id);
       removeGroup(g, node);
       return;
     }
@@ -362,8 +263,16 @@
       + failed.map((f) => f.path + " (" + f.error + ")").join("; "), "error", message);
   }
 
+  const actions = {
+    dismiss: dismissGroup,
+    trash: trashGroup,
+    search: (img) => { showSearch(false); searchById(img); },
+    error: (text) => showMessage(text, "error"),
+  };
+
   // -- controls --------------------------------------------------------------------------------------
   function changed() {
+    delete $("dup-message").dataset.keep;
     view.offset = 0;
     writeHash();
     load();
@@ -388,6 +297,7 @@
   });
   $("dup-controls").addEventListener("submit", (e) => e.preventDefault());
   function turnPage(step) {
+    delete $("dup-message").dataset.keep;
     view.offset = Math.max(0, Math.min(view.offset + step * view.limit, data ? data.total - 1 : 0));
     view.offset -= view.offset % view.limit;
     writeHash();
