@@ -26,6 +26,7 @@ browser = tb.browser  # the fixtures, under their names in this module
 offline_env = tb.offline_env
 PageWatch, shot = tb.PageWatch, tb.shot
 
+HOSTILE = "<img src=x onerror=window.__injected=1>.jpg"
 UNRELATED = ("camera", "coins", "clock", "moon", "brick", "hubble_deep_field", "retina", "horse")
 
 
@@ -57,6 +58,8 @@ def build_library(root: Path) -> Path:
     cat.save(root / "photos/chelsea.jpg", quality=92)
     w, h = cat.size
     cat.crop((w // 12, h // 12, w - w // 10, h - h // 10)).save(root / "edits/chelsea-crop.jpg", quality=85)
+    # a name that is HTML: paths are user data, shown as text and never run
+    shutil.copyfile(root / "photos/chelsea.jpg", root / "other" / HOSTILE)
     for name in UNRELATED:
         _photo(name, 480).save(root / "other" / f"{name}.jpg", quality=90)
     return root
@@ -169,6 +172,10 @@ def test_groups_shown_are_the_apis_with_the_keeper_marked(browser, served):
     meta = row.get_by_test_id("dup-meta").first
     expect(meta).to_contain_text(f"{keeper['width']}×{keeper['height']}")
     expect(meta).to_contain_text(" MB")
+
+    # a path that is HTML is shown as it is, and nothing of it runs
+    expect(page.get_by_test_id("dup-path").filter(has_text=HOSTILE)).to_have_text("other/" + HOSTILE)
+    assert page.evaluate("window.__injected === undefined && !document.querySelector('img[src=x]')")
 
     # thumbnails are lazy, and load
     assert set(row.locator("img").evaluate_all("els => els.map(e => e.loading)")) == {"lazy"}
