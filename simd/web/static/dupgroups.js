@@ -60,13 +60,15 @@
     const steps = node.querySelector(".dup-steps");
     for (const s of g.keep.steps) {
       const li = document.createElement("li");
-      li.textContent = ruleLabel(s.rule) + ": " + (s.reason || "decided") + " — " + plural(s.kept.length, "left", "left");
+      li.textContent = ruleLabel(s.rule) + ": " + (s.reason || "decided") + " ("
+        + plural(s.kept.length, "copy", "copies") + " left)";
       steps.appendChild(li);
     }
     if (!g.keep.steps.length) node.querySelector(".dup-why summary").textContent += ".";
 
     const dismiss = node.querySelector(".dup-dismiss");
-    dismiss.setAttribute("aria-label", "Not duplicates: stop listing these " + g.images.length + " pictures together");
+    dismiss.setAttribute("aria-label", "Not duplicates: stop listing these " + g.images.length
+      + " pictures together");
     dismiss.addEventListener("click", () => on.dismiss(g, node, dismiss));
     const trash = node.querySelector(".dup-trash");
     const others = g.images.filter((i) => !i.keep);

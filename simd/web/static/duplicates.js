@@ -6,7 +6,7 @@
   "use strict";
 
   const $ = (id) => document.getElementById(id);
-  const { apiJson, friendly } = window.simd.net;
+  const { apiJson, friendly, onTokenSaved } = window.simd.net;
   const { basename } = window.simd.cards;
   const { makeGroup, bytes, plural, TIER_LABEL } = window.simd.dupRows;
   const { searchById } = window.simd.search;
@@ -95,6 +95,7 @@
   });
   window.addEventListener("hashchange", route);
   window.addEventListener("popstate", route);
+  onTokenSaved(() => { if (isOn()) load(); }); // a 401 asked for it: list again with it
 
   // -- loading a page of groups ----------------------------------------------------------------------
   async function load() {
@@ -222,12 +223,13 @@
 
   async function dismissGroup(g, node, button) {
     button.disabled = true;
-    hideMessage(node.querySelector(".dup-group-message"));
+    const message = node.querySelector(".dup-group-message");
+    hideMessage(message);
     try {
       await postJson("/api/duplicates/dismiss", { images: g.images.map((i) => i.id) });
     } catch (e) {
       button.disabled = false;
-      showMessage("Could not mark them as not duplicates: " + friendly(e), "error", node.querySelector(".dup-group-message"));
+      showMessage("Could not mark them as not duplicates: " + friendly(e), "error", message);
       return;
     }
     said("Marked " + plural(g.images.length, "picture", "pictures") + " (" + basename(g.images[0].path)
