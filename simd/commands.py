@@ -47,7 +47,7 @@ def cmd_index(config: cfg.Config, args) -> int:
                 vectors = dup = None
                 if dupindex.is_built(store, embedder.model_id):
                     vectors = load_index(store, embedder.model_id, embedder.dim)
-                    dup = dupindex.DupIndex(embedder.model_id, vectors)
+                    dup = dupindex.DupIndex(embedder.model_id, vectors, state_dir.root)
                 reconciler = Reconciler(
                     state_dir.root,
                     store,
@@ -249,9 +249,9 @@ def cmd_duplicates(config: cfg.Config, args) -> int:
         print(json.dumps(out))
         return 0
     print(
-        f"{out['total']} groups of copies ({out['model']}, threshold {out['threshold']:g}"
-        f"{'' if out['calibrated'] else ', not calibrated'}): {out['total_images']} images, "
-        f"{out['reclaimable_bytes'] / 1e6:.1f} MB in the copies not kept"
+        f"{out['total']} group{'' if out['total'] == 1 else 's'} of copies ({out['model']}, threshold "
+        f"{out['threshold']:g}{'' if out['calibrated'] else ', not calibrated'}): {out['total_images']} images, "
+        f"{_mb(out['reclaimable_bytes'])} in the copies not kept"
     )
     for group in out["groups"]:
         scores = (
@@ -259,12 +259,16 @@ def cmd_duplicates(config: cfg.Config, args) -> int:
             if group["tier"] == "identical"
             else f"scores {group['min_score']:.2f}-{group['max_score']:.2f}"
         )
-        print(f"\n{group['tier']} ({scores}), {group['reclaimable_bytes'] / 1e6:.1f} MB to reclaim:")
+        print(f"\n{group['tier']} ({scores}), {_mb(group['reclaimable_bytes'])} to reclaim:")
         for image in group["images"]:
             size = f"{image['width']}x{image['height']}" if image["width"] else "size unknown"
             mark = "keep" if image["keep"] else f"{image['score']:.2f}"
-            print(f"  {mark:>5}  {display_path(image['path'], controls=True)}  ({size}, {image['bytes'] / 1e6:.1f} MB)")
+            print(f"  {mark:>5}  {display_path(image['path'], controls=True)}  ({size}, {_mb(image['bytes'])})")
     return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} KB"
 
 
 def _all_groups(service, threshold, total: int) -> list[dict]:

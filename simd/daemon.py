@@ -117,7 +117,7 @@ class Daemon:
         self.runtime.update(model=embedder.model_id, dim=embedder.dim)
         worker.start()
         if not pairs_built:  # an index from before duplicates, or a new model: built once, in the background
-            self.builder = PairsBuilder(db, embedder.model_id, vectors, self.runtime, worker.submit_task)
+            self.builder = PairsBuilder(db, embedder.model_id, vectors, self.runtime, worker.submit_task, root=root)
             self.builder.start()
         # Watch first, then walk: a change made during the startup walk is then seen by one or the other.
         self.watcher = Watcher(

@@ -38,6 +38,8 @@ class PairsBuilder:
         vectors: VectorIndex,
         runtime: Runtime,
         deliver: Callable[[Callable[[Store], object]], None],
+        *,
+        root: Path | None = None,
     ):
         self.db_path, self.model, self.vectors, self.runtime, self.deliver = (
             Path(db_path),
@@ -46,6 +48,7 @@ class PairsBuilder:
             runtime,
             deliver,
         )
+        self.root = root  # the library: the sizes of the images with copies are read from their headers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="simd-duplicates", daemon=True)
 
@@ -75,6 +78,7 @@ class PairsBuilder:
             lowest = dupindex.thresholds(self.model)[0].lowest
             pairs = build_pairs(ids, matrix, lowest, progress=self._progress, stop=self._stop)
             del matrix
+            sizes = self._sizes(pairs)
         except Stopped:
             log.info("the build of the duplicates' pairs was stopped; it starts over at the next start")
             return
@@ -86,12 +90,12 @@ class PairsBuilder:
         done = dict(self.runtime.duplicates or {})
 
         def store_result(store: Store) -> None:
-            n = dupindex.store_build(store, self.model, pairs, hash_of)
+            n = dupindex.store_build(store, self.model, pairs, hash_of, sizes)
             self.runtime.update(
                 duplicates={"state": "ready", "done": done.get("total", 0), "total": done.get("total", 0)}
             )
             log.info(
-                "duplicates: %d pairs of copies among %d images (%s, cosine >= %.2f) found in %.1f s",
+                "duplicates: %d pairs of images that may be copies among %d (%s, cosine >= %.2f) found in %.1f s",
                 n,
                 len(ids),
                 self.model,
@@ -100,3 +104,18 @@ class PairsBuilder:
             )
 
         self.deliver(store_result)
+
+    def _sizes(self, pairs) -> dict[int, tuple[int | None, int | None, str]]:
+        """The sizes of the images with copies that an index from before lacks, from their headers."""
+        if self.root is None:
+            return {}
+        with Store(self.db_path, readonly=True) as store:
+            copies = dupindex.copies_by_hash(store, self.model)
+            members = set(pairs.a.tolist()) | set(pairs.b.tolist()) | {i for ids in copies.values() for i in ids}
+            todo = dupindex.without_size(store, members)
+        sizes = {}
+        for image_id, path in todo:
+            if self._stop.is_set():
+                raise Stopped()
+            sizes[image_id] = dupindex.header_size(self.root / path)
+        return sizes

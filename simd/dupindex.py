@@ -28,13 +28,19 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from simd import imaging
 from simd.duplicates import DUPLICATE_THRESHOLDS, Pairs, Thresholds, pairs_for
+from simd.formats import sniff_format
 from simd.store import Store
+from simd.storevalues import path_from_db
 from simd.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,39 @@ log = logging.getLogger(__name__)
 UNCALIBRATED_LOWEST = 0.90
 _CHUNK = 500  # values per IN (...)
 VERSION_KEY = "dup_version"  # bumped with every change of pairs or dismissals (the listing's cache key)
+
+
+def header_size(path: str | os.PathLike) -> tuple[int | None, int | None, str]:
+    """(width, height) upright, from the file's header alone, and its format (from its content)."""
+    try:
+        with open(path, "rb") as f:
+            fmt = sniff_format(f.read(256)) or ""
+            f.seek(0)
+            if fmt in ("heif", "avif"):
+                imaging._plugin_available(fmt)
+            with imaging._pillow_warnings_silenced(), Image.open(f) as img:
+                w, h = img.size
+                if imaging._orientation(img, str(path)) in (5, 6, 7, 8):  # turned a quarter
+                    w, h = h, w
+                return int(w), int(h), fmt
+    except Exception:  # any unreadable header: size unknown, never a failed listing
+        return None, None, fmt if "fmt" in locals() else ""
+
+
+def put_sizes(store: Store, sizes: dict[int, tuple[int | None, int | None, str]]) -> None:
+    """Record (width, height, format) of these rows; inside a batch."""
+    for image_id, (w, h, fmt) in sizes.items():
+        store.execute("UPDATE images SET width = ?, height = ?, format = ? WHERE id = ?", [w, h, fmt, int(image_id)])
+
+
+def without_size(store: Store, ids: Iterable[int]) -> list[tuple[int, str]]:
+    """(id, path) of these rows whose size is not recorded (rows of an index from before)."""
+    out: list[tuple[int, str]] = []
+    for part in _chunks(sorted({int(i) for i in ids})):
+        marks = ", ".join("?" * len(part))
+        rows = store.execute(f"SELECT id, path FROM images WHERE id IN ({marks}) AND format IS NULL", part)
+        out += [(int(i), path_from_db(p)) for i, p in rows]
+    return out
 
 
 def thresholds(model: str) -> tuple[Thresholds, bool]:
@@ -137,11 +176,18 @@ def prune(store: Store, model: str, hashes: Iterable[str]) -> int:
     return n
 
 
-def store_build(store: Store, model: str, pairs: Pairs, hash_of: dict[int, str]) -> int:
-    """The background build's result (pairs of the ids of a snapshot, `hash_of` as they were then),
-    stored in one batch: pairs of contents indexed since are the hook's, pairs of contents gone
-    since are dropped. Marks the model's pairs complete."""
+def store_build(
+    store: Store,
+    model: str,
+    pairs: Pairs,
+    hash_of: dict[int, str],
+    sizes: dict[int, tuple[int | None, int | None, str]] | None = None,
+) -> int:
+    """The background build's result (pairs of the ids of a snapshot, `hash_of` as they were then,
+    and the sizes it read), stored in one batch: pairs of contents indexed since are the hook's,
+    pairs of contents gone since are dropped. Marks the model's pairs complete."""
     with store.batch():
+        put_sizes(store, sizes or {})
         n = put_pairs(store, model, pairs, hash_of)
         prune(store, model, set(hash_of.values()))
         store.set_meta(built_key(model), str(time.time()))
@@ -153,9 +199,10 @@ class DupIndex:
     """The writer's hook (`indexer.Reconciler(duplicates=...)`): keeps `model`'s pairs in step with the
     in-RAM matrix `vectors`, which it reads from the writer thread only (`VectorIndex.view`)."""
 
-    def __init__(self, model: str, vectors: VectorIndex):
+    def __init__(self, model: str, vectors: VectorIndex, root: Path | None = None):
         self.model = model
         self.vectors = vectors
+        self.root = root  # the library: each new content's size is read from its header
         self.lowest = thresholds(model)[0].lowest
         self.scored = 0  # images scored against the index (for tests and the benchmark)
 
@@ -163,14 +210,20 @@ class DupIndex:
         """Inside the chunk's batch, before its writes: the hashes the model already has."""
         return known_hashes(store, self.model, hashes)
 
-    def added(self, store: Store, items: Sequence[tuple[int, str, np.ndarray]], known: set[str]) -> int:
-        """Inside the chunk's batch, before `vectors` takes the chunk's rows: score the images whose
-        hash is not in `known` (hashes the model had before the chunk) against the index and each
-        other, and store their pairs. Returns the pairs stored."""
+    def added(self, store: Store, items: Sequence[tuple[int, str, np.ndarray, str]], known: set[str]) -> int:
+        """Inside the chunk's batch, before `vectors` takes the chunk's rows (id, hash, vector, path):
+        score the images whose hash is not in `known` (hashes the model had before the chunk)
+        against the index and each other, and store their pairs; record every row's size (read from
+        the header for new contents, else that of a row of the same bytes). Returns the pairs stored."""
         fresh: dict[str, tuple[int, np.ndarray]] = {}
-        for image_id, digest, vec in items:
+        sizes: dict[int, tuple[int | None, int | None, str]] = {}
+        for image_id, digest, vec, path in items:
             if digest and digest not in known and digest not in fresh:
                 fresh[digest] = (int(image_id), vec)
+                if self.root is not None:
+                    sizes[int(image_id)] = header_size(self.root / path)
+        put_sizes(store, sizes)
+        _copy_sizes(store, [int(i) for i, *_ in items if int(i) not in sizes])
         if not fresh:
             return 0
         ids = np.array([i for i, _ in fresh.values()], np.int64)
@@ -188,9 +241,25 @@ class DupIndex:
         return n
 
     def removed(self, store: Store, hashes: Iterable[str]) -> None:
-        """Inside a batch, after rows went or changed content: their old hashes' pairs, if orphaned."""
-        if (hashes := {h for h in hashes if h}) and prune(store, self.model, hashes):
-            _bump(store)
+        """Inside every batch of the writer, after its writes: the pairs of the old hashes of rows that
+        went or changed, if orphaned. Bumps `version` (the listing's cache key): paths, sizes and
+        copies may have changed even when no pair did, and a meta row is cheaper to read than the
+        whole table."""
+        if hashes := {h for h in hashes if h}:
+            prune(store, self.model, hashes)
+        _bump(store)
+
+
+def _copy_sizes(store: Store, ids: list[int]) -> None:
+    """Rows of known bytes (a copy, a move) take the size recorded for a row of the same hash."""
+    for part in _chunks(ids):
+        marks = ", ".join("?" * len(part))
+        store.execute(
+            "UPDATE images SET (width, height, format) = (SELECT o.width, o.height, o.format FROM images o "
+            "WHERE o.hash = images.hash AND o.format IS NOT NULL LIMIT 1) "
+            f"WHERE id IN ({marks}) AND format IS NULL",
+            part,
+        )
 
 
 # -- the read side and dismissals

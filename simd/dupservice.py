@@ -7,13 +7,14 @@ bytes the other copies take. Never writes, but for `dismiss` (the user's decisio
 transaction of its own, not index content).
 
 **Fast at 100k images**: the whole grouping of a (model, threshold) is computed once and cached until
-the index, its pairs or the dismissals change (`store.counts()["revision"]` and `dupindex.version`);
+the index, its pairs or the dismissals change (`dupindex.version`, bumped by each of the writer's batches);
 a page is a slice of it.
 
-**Image sizes** (for the `most_pixels` rule and the page) are read lazily from each member's file
-header (Pillow opens the header only; EXIF orientation applied, so the size is upright) and kept
-in memory by (id, size, mtime): nothing is stored, so indexes from before need no re-embedding. A
-file that cannot be read has width and height null (the rule ranks it last).
+**Image sizes** (for the `most_pixels` rule and the page) come from the index (`images.width`,
+`height`, `format`: the writer reads each new content's header when it indexes it, and the
+background build those of the images with copies in an index from before); a row without them is
+read from its file's header here, once (kept in memory by id, size and mtime). A file that cannot be
+read has width and height null (the rule ranks it last).
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from simd import dupindex, duptrash, imaging
+from simd import dupindex, duptrash
 from simd.duplicates import DEFAULT_KEEP_RULES, Member, groups, suggest_keep
 from simd.errors import BadRequest, NotFound, NotReady
-from simd.formats import sniff_format
 from simd.paths import display_path
 from simd.runtime import Runtime
 from simd.search import ID_MAX, LIMIT_MAX, OFFSET_MAX, _int_param, shown
@@ -63,23 +62,6 @@ def parse_tier(value: Any) -> str | None:
     return str(value)
 
 
-def header_size(path: str | os.PathLike) -> tuple[int | None, int | None, str]:
-    """(width, height) upright, from the file's header alone, and its format (from its content)."""
-    try:
-        with open(path, "rb") as f:
-            fmt = sniff_format(f.read(256)) or ""
-            f.seek(0)
-            if fmt in ("heif", "avif"):
-                imaging._plugin_available(fmt)
-            with imaging._pillow_warnings_silenced(), Image.open(f) as img:
-                w, h = img.size
-                if imaging._orientation(img, str(path)) in (5, 6, 7, 8):  # turned a quarter
-                    w, h = h, w
-                return int(w), int(h), fmt
-    except Exception:  # any unreadable header: size unknown, never a failed listing
-        return None, None, fmt if "fmt" in locals() else ""
-
-
 class DuplicatesService:
     """The groups of copies of the active model (`runtime.model`) in the index at `db_path`."""
 
@@ -97,8 +79,9 @@ class DuplicatesService:
         self.allow_trash = allow_trash
         self._local = threading.local()
         self._lock = threading.Lock()  # one grouping computed at a time; the cache
-        self._cache: dict[tuple, tuple[tuple, dict]] = {}
+        self._cache: dict[tuple, tuple[str, dict]] = {}
         self._headers: dict[tuple[int, int, int], tuple[int | None, int | None, str]] = {}
+        self._groups: dict[tuple, dict] = {}  # the last grouping's groups, by what they were made of
         self.computed = 0  # groupings computed (not from the cache), for tests and the benchmark
 
     def store(self) -> Store:
@@ -117,8 +100,8 @@ class DuplicatesService:
         """/api/status's "duplicates": building (with done/total), ready, or off (pairs not built and
         no build running: an index `simd index` made, until a daemon serves it)."""
         dup = self.runtime.duplicates
-        if dup and dup.get("state") == "building":
-            return dict(dup)
+        if dup and dup.get("state") in ("building", "ready"):  # this daemon's build
+            return {k: dup[k] for k in ("state", "done", "total")}
         model = self.runtime.model or self.store().get_meta("model")
         built = model is not None and dupindex.is_built(self.store(), model)
         return {"state": "ready" if built else "off", "done": 0, "total": 0}
@@ -156,7 +139,7 @@ class DuplicatesService:
     def _grouping(self, store: Store, model: str, threshold: float, floor: float) -> list[dict]:
         key = (model, threshold, floor, self.keep_rules)
         with self._lock:
-            version = (store.counts(model)["revision"], dupindex.version(store))
+            version = dupindex.version(store)  # bumped by every write of the index (`DupIndex.removed`)
             hit = self._cache.get(key)
             if hit is not None and hit[0] == version:
                 return hit[1]["groups"]
@@ -193,6 +176,7 @@ class DuplicatesService:
         )
         out = []
         rows = _rows(store, [i for g in found for i in g.members])
+        memo, self._groups = self._groups, {}
         for g in found:
             if g.tier == "identical":
                 (h,) = {hash_of[i] for i in g.members}
@@ -200,7 +184,18 @@ class DuplicatesService:
                     continue
             members = [rows[i] for i in g.members if i in rows]
             if len(members) > 1:
-                out.append(self._group(g.tier, g.min_score, g.max_score, members, hash_of, pair_score, similarity))
+                # a group whose members did not change is not worked out again (keep rules, scores)
+                key = (
+                    g.tier,
+                    g.min_score,
+                    g.max_score,
+                    tuple(tuple(r.values()) + (hash_of[r["id"]],) for r in members),
+                )
+                done = memo.get(key)
+                if done is None:
+                    done = self._group(g.tier, g.min_score, g.max_score, members, hash_of, pair_score, similarity)
+                self._groups[key] = done
+                out.append(done)
         out.sort(key=lambda g: (-g["reclaimable_bytes"], g["images"][0]["path"]))
         return out
 
@@ -259,10 +254,13 @@ class DuplicatesService:
         }
 
     def _header(self, row: dict) -> tuple[int | None, int | None, str]:
+        """The stored size and format (recorded when indexed), else read from the header once."""
+        if row["width"] is not None and row["format"] is not None:
+            return row["width"], row["height"], row["format"]
         key = (row["id"], row["size"], row["mtime_ns"])
         hit = self._headers.get(key)
         if hit is None:
-            hit = self._headers[key] = header_size(self.library_root / row["path"])
+            hit = self._headers[key] = dupindex.header_size(self.library_root / row["path"])
         return hit
 
     def image_rows(self, body: Any, *, least: int) -> list[dict]:
@@ -332,7 +330,7 @@ def _rows(store: Store, ids: list[int]) -> dict[int, dict]:
     out: dict[int, dict] = {}
     for s in range(0, len(ids), 500):
         for r in store.execute(
-            "SELECT id, path, size, mtime_ns, updated_at FROM images WHERE id IN ({})".format(
+            "SELECT id, path, size, mtime_ns, updated_at, width, height, format FROM images WHERE id IN ({})".format(
                 ", ".join("?" * len(ids[s : s + 500]))
             ),
             ids[s : s + 500],
@@ -343,6 +341,9 @@ def _rows(store: Store, ids: list[int]) -> dict[int, dict]:
                 "size": r[2],
                 "mtime_ns": r[3],
                 "updated_at": r[4],
+                "width": r[5],
+                "height": r[6],
+                "format": r[7],
             }
     return out
 

@@ -303,7 +303,7 @@ class Reconciler:
         upserts: list[tuple[int, np.ndarray]] = []
         removed: list[int] = []
         vanished: list[int] = []
-        hashes: dict[int, str | None] = {}
+        hashes: dict[int, tuple[str | None, str]] = {}
         with self.store.batch():
             dup = self.duplicates
             known = (
@@ -314,7 +314,7 @@ class Reconciler:
                 if w.outcome == "ok" and w.vector is not None:
                     image_id = self.store.put_ok(f.path, f.size, f.mtime_ns, w.digest, self.model, w.vector)
                     upserts.append((image_id, w.vector))
-                    hashes[image_id] = w.digest
+                    hashes[image_id] = (w.digest, f.path)
                     if w.kind == "new":
                         summary.new += 1
                     elif w.kind == "changed":
@@ -332,7 +332,7 @@ class Reconciler:
                 elif w.outcome == "vanished":
                     vanished.extend(self.store.delete_paths([f.path]))
             if dup is not None:  # before `vectors` takes the rows: the new images against the index
-                dup.added(self.store, [(i, hashes[i], v) for i, v in upserts], known)
+                dup.added(self.store, [(i, hashes[i][0], v, hashes[i][1]) for i, v in upserts], known)
                 dup.removed(self.store, replaced)
         removed += vanished
         if self.vectors is not None:

@@ -23,7 +23,10 @@ SCHEMA_VERSION = 3
 # 3: duplicates (`simd.dupindex`): `dup_pairs`, the pairs of contents (hashes) of one model scoring
 #    at least its lowest threshold, and `dup_dismissed`, the user's "not duplicates" by pair of
 #    hashes. An index from before has no pairs: `meta.dup_built:<model>` is absent, so the daemon's
-#    next start builds them in the background (`dupbuild`).
+#    next start builds them in the background (`dupbuild`). `images.width`, `height` (upright) and
+#    `format`, from the file's header, for the keep rules: recorded when an image is indexed; rows
+#    from before get them when the build reads their headers (only images with copies), else the
+#    listing reads them.
 
 _SCHEMA_V1 = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
@@ -44,16 +47,17 @@ _SCHEMA_V1 = (
     "CREATE INDEX images_hash ON images (hash)",
     "CREATE INDEX images_model_state ON images (model, state)",
 )
+_COLUMNS_V3 = (("width", "INTEGER"), ("height", "INTEGER"), ("format", "TEXT"))
 _SCHEMA_V3 = (
     # hash_a < hash_b; keyed by contents, not ids, so renames, moves and copies keep them
-    """CREATE TABLE dup_pairs (
+    """CREATE TABLE IF NOT EXISTS dup_pairs (
         model TEXT NOT NULL, hash_a TEXT NOT NULL, hash_b TEXT NOT NULL, score REAL NOT NULL,
         PRIMARY KEY (model, hash_a, hash_b)
     ) WITHOUT ROWID""",
-    "CREATE INDEX dup_pairs_b ON dup_pairs (model, hash_b)",
+    "CREATE INDEX IF NOT EXISTS dup_pairs_b ON dup_pairs (model, hash_b)",
     # hash_a <= hash_b (model-independent); hash_a = hash_b: copies of the same bytes, `copies` of
     # them when dismissed (one more copy shows the group again)
-    """CREATE TABLE dup_dismissed (
+    """CREATE TABLE IF NOT EXISTS dup_dismissed (
         hash_a TEXT NOT NULL, hash_b TEXT NOT NULL, copies INTEGER, created_at REAL,
         PRIMARY KEY (hash_a, hash_b)
     ) WITHOUT ROWID""",
@@ -93,7 +97,11 @@ def migrate(db: Database, path: Path) -> None:
             for sql in _SCHEMA_V1:
                 db.execute(sql)
         # Version 2 changes no table (see SCHEMA_VERSION).
-        if version < 3:
+        if version < 3:  # (each part only if missing: a file whose version was set back still opens)
+            have = {row[1] for row in db.execute("PRAGMA table_info(images)").fetchall()}
+            for name, kind in _COLUMNS_V3:
+                if name not in have:
+                    db.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
             for sql in _SCHEMA_V3:
                 db.execute(sql)
         # Future steps go here: `if version < 4: ...`, each bringing the schema one step on.

@@ -158,7 +158,7 @@ class IndexWorker:
                 on_progress=self._progress,
                 on_deleted=self.on_deleted,
                 stop=self._stop,
-                duplicates=DupIndex(self.embedder.model_id, self.vectors),
+                duplicates=DupIndex(self.embedder.model_id, self.vectors, self.root),
             )
             self.duplicates = reconciler.duplicates
             while not self._stop.is_set():

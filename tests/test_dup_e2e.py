@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -232,3 +233,108 @@ def test_dismissed_group_stays_dismissed_through_renames_and_a_rescan(library, t
         timeout=120,
     )
     assert done.returncode == 2 and "threshold must be a number" in done.stderr
+
+
+def test_trash_moves_copies_to_the_desktop_trash_when_allowed(library, tmp_path, lite0_converted):
+    (library / "Backup").mkdir()
+    shutil.copy2(library / "DCIM" / "beach.jpg", library / "Backup" / "beach (1).jpg")
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir()
+    env = {"SIMD_ALLOW_TRASH": "1", "HOME": str(home), "XDG_DATA_HOME": str(data)}
+    served = Served(library, tmp_path / "state", extra_env=env)
+    try:
+        served.wait_idle(indexed=4)
+        listed = served.wait_until(lambda: (d := served.get("/api/duplicates"))["total"] == 1 and d, 60, "a group")
+        assert listed["allow_trash"] is True and served.get("/api/status")["allow_trash"] is True
+        group = listed["groups"][0]
+        keeper, copy = group["images"]
+        city = next(i for i in served.get("/api/images?limit=500")["images"] if i["path"] == "DCIM/city.jpg")
+
+        status, body = post(served, "/api/duplicates/trash", {"images": [keeper["id"], copy["id"]]})
+        assert_error(status, body, 409, "would_trash_all")
+        status, body = post(served, "/api/duplicates/trash", {"images": [city["id"]]})
+        assert_error(status, body, 409, "not_a_duplicate")
+        status, body = post(served, "/api/duplicates/trash", {"images": [987654]})
+        assert_error(status, body, 404, "not_found")
+        assert (library / "Backup" / "beach (1).jpg").is_file() and (library / "DCIM" / "city.jpg").is_file()
+
+        status, body = post(served, "/api/duplicates/trash", {"images": [copy["id"]]})
+        assert status == 200 and body == {"trashed": [copy["path"]], "failed": []}, body
+        assert not (library / copy["path"]).exists()
+        trashed = list((data / "Trash" / "files").iterdir())
+        assert [p.name for p in trashed] == [Path(copy["path"]).name]
+        assert trashed[0].stat().st_size == copy["bytes"]
+        assert (data / "Trash" / "info" / f"{trashed[0].name}.trashinfo").is_file()  # restorable
+        served.wait_until(lambda: copy["path"] not in served.paths(), 60, "the index to drop it")
+        served.wait_until(lambda: served.get("/api/duplicates")["total"] == 0, 60, "no group")
+        assert f"moved to the trash: {library / copy['path']}" in served.output()
+    finally:
+        assert served.stop() == 0
+
+
+def test_pairs_of_an_index_from_before_are_built_at_the_first_start(library, tmp_path, lite0_converted):
+    """An index made before duplicates existed (schema 2, no pairs tables): the first start migrates
+    it and builds the pairs in the background, with progress in /api/status, then lists the copies."""
+    resaved(library / "DCIM" / "beach.jpg", library / "Shared" / "beach-small.jpg")
+    (library / "Backup").mkdir()
+    shutil.copy2(library / "DCIM" / "beach.jpg", library / "Backup" / "beach (1).jpg")
+    state = tmp_path / "state"
+    env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simd",
+            "index",
+            str(library),
+            "--state-dir",
+            str(state),
+            "--model",
+            "efficientnet-lite0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    # without a daemon the CLI lists what is stored: the identical copies, and says pairs are missing
+    done = subprocess.run(
+        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    before = json.loads(done.stdout)
+    assert before["complete"] is False and [g["tier"] for g in before["groups"]] == ["identical"]
+    assert "not built yet" in done.stderr
+    with sqlite3.connect(state / "index.db") as db:  # back to the schema of the simd before duplicates
+        db.execute("DROP TABLE dup_pairs")
+        db.execute("DROP TABLE dup_dismissed")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    served = Served(library, state)
+    try:
+        seen = []
+
+        def built():
+            st = served.get("/api/status")["duplicates"]
+            seen.append(st)
+            return st["state"] == "ready" and st
+
+        final = served.wait_until(built, 120, "the pairs built")
+        assert final["done"] == final["total"] >= 1, (seen, served.output())
+        states = [s["state"] for s in seen]  # "off" only while the daemon starts (no model yet)
+        assert states[states.index("ready") if "building" not in states else states.index("building") :] == [
+            x for x in states if x != "off"
+        ], seen
+        listed = served.get("/api/duplicates")
+        assert listed["complete"] is True and listed["progress"] is None
+        assert [len(g["images"]) for g in listed["groups"]] == [3]
+        with sqlite3.connect(state / "index.db") as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        assert "duplicates: 2 pairs of images that may be copies among 5 (efficientnet-lite0" in served.output()
+    finally:
+        assert served.stop() == 0

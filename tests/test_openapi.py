@@ -70,3 +70,17 @@ def test_documented_bounds_are_the_enforced_ones():
     assert params["limit"]["anyOf"][0]["maximum"] == search.LIMIT_MAX
     similar = {p["name"]: p["schema"] for p in openapi.PATHS["/api/similar"]["get"]["parameters"]}
     assert similar["k"]["anyOf"][0]["maximum"] == search.K_MAX
+
+
+def test_duplicates_are_documented_with_the_enforced_bounds(app):
+    from simd import search
+    from simd.web import dupspec
+
+    spec = app.test_client().get("/api/openapi.json").get_json()
+    assert {"/api/duplicates", "/api/duplicates/dismiss", "/api/duplicates/trash"} <= set(spec["paths"])
+    assert dupspec.OFFSET_MAX == search.OFFSET_MAX
+    params = {p["name"]: p["schema"] for p in spec["paths"]["/api/duplicates"]["get"]["parameters"]}
+    assert params["limit"]["anyOf"][0]["maximum"] == search.LIMIT_MAX
+    assert params["tier"]["anyOf"][0]["enum"] == ["identical", "near-duplicate"]
+    status = app.test_client().get("/api/status").get_json()
+    assert {"duplicates", "allow_trash"} <= set(status) & set(spec["components"]["schemas"]["Status"]["properties"])

@@ -7,28 +7,12 @@ route added without documentation (or documented but gone) fails the tests.
 from __future__ import annotations
 
 from simd import __version__
-
-
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _err(description: str) -> dict:
-    return _json(_ref("Error"), description)
-
-
-def _q(name: str, schema: dict, description: str) -> dict:
-    """An optional query parameter. An empty value (`k=`) counts as not given, so a schema that
-    does not admit the empty string (a number, a choice) admits it besides."""
-    if schema.get("type") != "string":
-        default = {"default": schema.pop("default")} if "default" in schema else {}
-        schema = {"anyOf": [schema, {"const": ""}], **default}
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
+from simd.web.dupspec import DUP_PATHS, DUP_SCHEMAS
+from simd.web.specparts import err as _err
+from simd.web.specparts import json_body as _json
+from simd.web.specparts import op as _op
+from simd.web.specparts import query as _q
+from simd.web.specparts import ref as _ref
 
 # The bounds simd.search enforces (this module imports nothing of simd's; tests/test_openapi.py
 # checks that the two agree).
@@ -52,10 +36,6 @@ _MIN_SCORE = _q(
 )
 # An upload: the bytes of an image (an empty one is refused: 400 as a raw body, 415 as a form field).
 _UPLOAD = {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
-_COMMON = {
-    "401": _err("A token is configured and the request lacks `Authorization: Bearer <token>`."),
-    "500": _err("Unexpected server error."),
-}
 _IMAGE_BYTES = {
     "description": "The image bytes.",
     "content": {"image/*": {"schema": {"type": "string", "contentMediaType": "image/*"}}},
@@ -101,6 +81,18 @@ SCHEMAS = {
             "progress": {"type": ["object", "null"]},
             "last_error": {"type": ["string", "null"]},
             "max_upload_mb": {"type": "number"},
+            "duplicates": {
+                "type": "object",
+                "required": ["state", "done", "total"],
+                "description": "The pairs of copies: `building` (an index from before: done/total tiles of "
+                "the background build), `ready`, or `off` (not built and no build running).",
+                "properties": {
+                    "state": {"enum": ["building", "ready", "off"]},
+                    "done": {"type": "integer"},
+                    "total": {"type": "integer"},
+                },
+            },
+            "allow_trash": {"type": "boolean", "description": "POST /api/duplicates/trash is allowed."},
         },
     },
     "Result": {
@@ -196,12 +188,6 @@ SCHEMAS = {
         },
     },
 }
-
-
-def _op(summary: str, responses: dict, parameters: list | None = None, **extra) -> dict:
-    op = {"summary": summary, "parameters": parameters or [], "responses": {**responses, **_COMMON}}
-    op.update(extra)
-    return op
 
 
 PATHS = {
@@ -343,9 +329,9 @@ def build_spec() -> dict:
             "description": "The similar-image daemon's JSON API. Errors are always "
             '`{"error": {"code", "message"}}`. An empty query parameter (`k=`) counts as not given.',
         },
-        "paths": PATHS,
+        "paths": {**PATHS, **DUP_PATHS},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **DUP_SCHEMAS},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

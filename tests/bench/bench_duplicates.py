@@ -7,6 +7,10 @@ direction, isotropic noise) with planted groups of 2-5 copies (a source plus str
 ~0.85-0.99). Measured, each in a fresh child process (so its peak RSS, ru_maxrss, is its own):
 `build_pairs` from scratch at the model's lowest threshold; `pairs_for` per new image (with the int8
 copy `VectorIndex` keeps, and without); `groups` of all the pairs at the default threshold and floor.
+Through simd's own code path (`service`): a real SQLite index of the n images with the pairs
+stored, the writer's hook (`dupindex.DupIndex.added`, as `Reconciler` calls it inside a chunk's
+transaction, with the `VectorIndex` holding the matrix) timed per new image, and
+`DuplicatesService.listing` (sizes read from real JPEG headers) timed cold, cached, and after a change.
 Checked: the planted copies are found; on a 10k subset, `build_pairs` (both paths) equals a naive
 full float64 product's pairs, and the groups equal those from the naive pairs and scores.
 `--write` records the table in docs/BENCHMARKS.md.
@@ -122,6 +126,8 @@ def child(task: str, path: str, out: str) -> None:
         t0 = time.perf_counter()
         duplicates.pairs_for(ids[picks[:16]], x[picks[:16]], x, ids, LOWEST)
         result["batch16_per_image"] = (time.perf_counter() - t0) * 1e3 / 16
+    elif task == "service":
+        result.update(service_path(ids, x, Path(out)))
     elif task == "exact-subset":
         sub = slice(0, 10_000)
         ids, x = ids[sub], np.ascontiguousarray(x[sub])
@@ -169,6 +175,77 @@ def child(task: str, path: str, out: str) -> None:
     Path(out).write_text(json.dumps(result))
 
 
+def service_path(ids: np.ndarray, x: np.ndarray, out: Path) -> dict:
+    """The hook and the listing through simd's code: a real index, pairs stored, real file headers."""
+    from PIL import Image
+
+    from simd import dupindex
+    from simd.dupservice import DuplicatesService
+    from simd.runtime import Runtime
+    from simd.store import Store
+    from simd.vectors import VectorIndex
+
+    model, n, dim = "efficientnet-lite0", len(ids), x.shape[1]
+    held = set(np.random.default_rng(3).choice(n, 60, replace=False).tolist())  # the "new" images
+    result: dict = {}
+    db, lib = out.with_suffix(".db"), out.with_suffix(".lib")
+    (lib / "img").mkdir(parents=True)
+    t0 = time.perf_counter()
+    store = Store(db)
+    sid = np.zeros(n, np.int64)  # the store's id of each row
+    with store.batch():
+        for r in range(n):
+            if r not in held:
+                sid[r] = store.put_ok(f"img/{r}.jpg", 4096, 0, f"{r:032x}", model, x[r])
+    result["fill_seconds"] = time.perf_counter() - t0
+    keep = np.array([r for r in range(n) if r not in held])
+    vectors = VectorIndex(dim)
+    vectors.replace_all(sid[keep], x[keep].copy())
+    t0 = time.perf_counter()
+    pairs = duplicates.build_pairs(sid[keep], x[keep], LOWEST)
+    stored = dupindex.store_build(store, model, pairs, {int(sid[r]): f"{r:032x}" for r in keep})
+    result.update(build_store_seconds=time.perf_counter() - t0, stored_pairs=stored)
+    jpeg = lib / "tiny.jpg"
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(jpeg, quality=80)
+    data = jpeg.read_bytes()
+    row_of = {int(v): r for r, v in enumerate(sid)}
+    for i in set(pairs.a.tolist()) | set(pairs.b.tolist()):
+        (lib / "img" / f"{row_of[i]}.jpg").write_bytes(data)
+    # the sizes of the images with copies, read from their headers as the background build does
+    t0 = time.perf_counter()
+    members = {int(i) for i in pairs.a} | {int(i) for i in pairs.b}
+    with store.batch():
+        dupindex.put_sizes(store, {i: dupindex.header_size(lib / "img" / f"{row_of[i]}.jpg") for i in members})
+    result["sizes_seconds"] = time.perf_counter() - t0
+    service = DuplicatesService(db, lib, Runtime("idle", model=model))
+    dup = dupindex.DupIndex(model, vectors, lib)
+    times = []
+    for k, r in enumerate(sorted(held)):
+        with store.batch():
+            new_id = store.put_ok(f"img/{r}.jpg", 4096, 0, f"{r:032x}", model, x[r])
+            t0 = time.perf_counter()
+            known = dupindex.known_hashes(store, model, [f"{r:032x}"])
+            dup.added(store, [(new_id, f"{r:032x}", x[r], f"img/{r}.jpg")], known)
+            dup.removed(store, [])  # as the reconciler does after each chunk's writes
+            times.append((time.perf_counter() - t0) * 1e3)
+        vectors.upsert([new_id], x[r : r + 1])
+        if k == len(held) // 2:  # half of them in: the listing, cold then cached
+            t0 = time.perf_counter()
+            first = service.listing()
+            result["list_first_seconds"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            service.listing(offset=50)
+            result["list_cached_ms"] = (time.perf_counter() - t0) * 1e3
+            result.update(groups=first["total"], grouped=first["total_images"])
+    t0 = time.perf_counter()
+    service.listing()
+    result["list_after_change_seconds"] = time.perf_counter() - t0
+    result.update(hook_p50=float(np.median(times)), hook_p95=float(np.percentile(times, 95)))
+    result["hook_mean"] = float(np.mean(times))
+    store.close()
+    return result
+
+
 def run(task: str, path: Path, tmp: Path) -> dict:
     out = str(tmp / f"{task}.json")
     proc = mp.get_context("spawn").Process(target=child, args=(task, str(path), out))
@@ -186,12 +263,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--data-dir", type=Path, help="keep the generated vectors here for the next run")
-    ap.add_argument("--only", help="comma-separated tasks: stats,build,incremental,incremental-float32,exact-subset")
+    ap.add_argument(
+        "--only", help="comma-separated tasks: stats,build,incremental,incremental-float32,exact-subset,service"
+    )
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     info = machine_info(NumPy=np.__version__, BLAS=blas())
     print(info, flush=True)
-    tasks = (args.only or "stats,exact-subset,incremental,incremental-float32,build").split(",")
+    tasks = (args.only or "stats,exact-subset,incremental,incremental-float32,build,service").split(",")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         t0 = time.perf_counter()
@@ -250,6 +329,21 @@ def report(args: argparse.Namespace, info: dict, res: dict) -> str:
                 f"min {r.get('min', float('nan')):.1f} ms, CPU p50 {r.get('cpu_p50', float('nan')):.1f} ms; "
                 f"16 at once {r['batch16_per_image']:.1f} ms each | {r['peak_rss_mb']:.0f} MB |"
             )
+    if "service" in res:
+        v = res["service"]
+        lines.append(
+            f"| the writer's hook per new image (`DupIndex.added` in a batch: known hashes, `pairs_for` with the "
+            f"int8 copy, hashes of the neighbours, pairs stored) | p50 **{v['hook_p50']:.1f} ms**, "
+            f"p95 {v['hook_p95']:.1f} ms | {v['peak_rss_mb']:.0f} MB |"
+        )
+        lines.append(
+            f"| `DuplicatesService.listing` ({v['groups']:,} groups of {v['grouped']:,} images, sizes from JPEG "
+            f"headers) | first **{v['list_first_seconds']:.2f} s**, cached **{v['list_cached_ms']:.1f} ms**, "
+            f"after a new image {v['list_after_change_seconds']:.2f} s "
+            f"(index filled in {v['fill_seconds']:.0f} s, "
+            f"{v['stored_pairs']:,} pairs built and stored in {v['build_store_seconds']:.0f} s, "
+            f"the sizes of their images read in {v['sizes_seconds']:.0f} s) | |"
+        )
     if "exact-subset" in res:
         e = res["exact-subset"]
         lines.append(
