@@ -40,8 +40,9 @@
     // "/" reads better than %2F in an address a person may bookmark; the server decodes both
     const url = location.pathname + (p.toString() ? "?" + p.toString().replace(/%2F/g, "/") : "");
     const same = url === location.pathname + location.search;
-    if (push && (upload || !same)) history.pushState(upload ? { upload: true } : null, "", url);
-    else if (!same) history.replaceState(history.state, "", url);
+    // a new search is the search view (no #duplicates); a replaced address keeps the view it is in
+    if (push && (upload || !same || location.hash)) history.pushState(upload ? { upload: true } : null, "", url);
+    else if (!same) history.replaceState(history.state, "", url + location.hash);
   }
 
   // Back/Forward (and the first load): make the page say what the URL says.
@@ -369,6 +370,8 @@
       }
     }
   });
+
+  window.simd.search = { searchById }; // duplicates.js: "More like this" from a group
 
   browse.limit = pageSize();
   applyUrl();

@@ -138,5 +138,5 @@
     $("failed-link").focus();
   });
 
-  window.simd.cards = { makeCard, renderLegend };
+  window.simd.cards = { makeCard, renderLegend, noPreview, basename, percent };
 })();
