@@ -28,6 +28,10 @@ _WITH_ARG = ("prefer_folder", "prefer_format")
 _FORMATS = {"jpg", "png", "webp", "gif", "bmp", "tif", "heic", "heif", "avif"}
 _ALIASES = {"jpeg": "jpg", "tiff": "tif"}
 TIE_BREAK = "first_path"
+# Modification times this close count as the same: FAT and exFAT cards store them to 2 s, and a
+# copy made in the same second is no older in any sense a person means.
+_SAME_TIME_SECONDS = 2.0
+_TOLERANCE = {"oldest": _SAME_TIME_SECONDS, "newest": _SAME_TIME_SECONDS}
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,11 @@ def suggest_keep(members: Sequence[Member], rules: Iterable[str] = DEFAULT_KEEP_
             break
         score, show = _rule(rule)
         best = max(score(members[i]) for i in left)
-        kept = [i for i in left if score(members[i]) == best]
+        tolerance = _TOLERANCE.get(rule, 0.0)
+        kept = [i for i in left if best - score(members[i]) <= tolerance]
         if len(kept) == len(left):
-            reason = f"no difference: all {show(members[left[0]])}" if len(left) > 1 else ""
+            within = f" (within {tolerance:.0f} s)" if tolerance and len({score(members[i]) for i in left}) > 1 else ""
+            reason = f"no difference: all {show(members[left[0]])}{within}" if len(left) > 1 else ""
         else:
             losers = [i for i in left if i not in kept]
             runner = max(losers, key=lambda i: score(members[i]))

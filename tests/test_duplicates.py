@@ -326,6 +326,18 @@ def test_rules_in_the_users_order_and_the_last_tie_break():
     assert suggest_keep([SMALL], []).decided_by == "only_member"
 
 
+def test_modification_times_within_two_seconds_are_the_same_time():
+    """A copy made in the same second (or kept on a FAT card, which stores 2 s) is not "older": the
+    next rule decides, and the reason does not claim a difference nobody could see."""
+    copy = Member("backup/2026-11/PXL_1.jpg", 4000, 3000, 4_000_000, 1_700_000_000.9, image_id=5)
+    original = Member("DCIM/Camera/PXL_1.jpg", 4000, 3000, 4_000_000, 1_700_000_000.2, image_id=6)
+    keep = suggest_keep([copy, original])
+    assert (keep.keeper, keep.decided_by) == (original, "shortest_path")
+    assert keep.steps[2].rule == "oldest" and keep.steps[2].reason.endswith("(within 2 s)")
+    later = Member("backup/2026-11/PXL_1.jpg", 4000, 3000, 4_000_000, 1_700_000_003.0, image_id=5)
+    assert suggest_keep([later, original]).decided_by == "oldest"
+
+
 def test_rule_strings_are_checked_and_normalised():
     assert parse_keep_rules([" Most_Pixels", "prefer_format:.JPEG", "prefer_folder:/DCIM/Camera/"]) == (
         "most_pixels",
