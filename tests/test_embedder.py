@@ -261,3 +261,64 @@ def test_an_upload_goes_before_the_indexers_next_batch(lite0_backbone, photos, p
     finally:
         indexer.join(120)
     assert calls.count("indexer") >= len(files) // 2
+
+
+def _pooled(backbone, img: Image.Image, size: int) -> np.ndarray:
+    x = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), np.float32)[None]
+    return backbone.feature_model(backbone.preprocess(x, "default")).numpy().mean(axis=(1, 2))[0]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_gap_weight_puts_the_pooled_features_beside_the_logits(lite0_backbone):
+    """cosine = w * cosine(pooled) + (1 - w) * cosine(logits): each part normalised, weighted by sqrt."""
+    d = Descriptor("test-both", resize="bicubic", logits=True, gap_weight=0.3)
+    emb = Embedder(lite0_backbone, descriptor=d)
+    assert emb.dim == 1280 + 1000 and emb.model_id == "efficientnet-lite0+test-both"
+    img = Image.fromarray(data.chelsea())
+    pooled = _pooled(lite0_backbone, img, 224)
+    w, b = lite0_backbone.classifier
+    expected = np.concatenate([np.sqrt(0.3) * _unit(pooled), np.sqrt(0.7) * _unit(pooled @ w.T + b)])
+    np.testing.assert_allclose(emb.embed_image(img), expected, atol=2e-4)
+    with pytest.raises(ValueError, match="invalid descriptor"):
+        Embedder(lite0_backbone, descriptor=Descriptor("x", gap_weight=0.5))  # no logits to sit beside
+
+
+def test_low_view_adds_the_look_of_a_thumbnail(lite0_backbone):
+    """The vector is the normalised sum of the image's view and (weighted) its 160 px view; a 160 px
+    copy of a large photo then scores higher against it than without."""
+    d = Descriptor("test-low", resize="bicubic", low_view=1.0)
+    emb, plain = (
+        Embedder(lite0_backbone, descriptor=d),
+        Embedder(lite0_backbone, descriptor=Descriptor("p", resize="bicubic")),
+    )
+    img = Image.fromarray(data.astronaut()).resize((1024, 1024), Image.Resampling.LANCZOS)
+    low = img.copy()
+    low.thumbnail((160, 160), Image.Resampling.LANCZOS)
+    expected = _unit(_unit(_pooled(lite0_backbone, img, 224)) + _unit(_pooled(lite0_backbone, low, 224)))
+    np.testing.assert_allclose(emb.embed_image(img), expected, atol=2e-4)
+    thumb = Image.open(io.BytesIO(_jpeg_bytes(low, 75))).convert("RGB")
+    assert float(emb.embed_image(img) @ emb.embed_image(thumb)) > float(
+        plain.embed_image(img) @ plain.embed_image(thumb)
+    )
+
+
+def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_trim_embeds_a_letterboxed_copy_like_its_photo(lite0_backbone):
+    """The photo padded to 1:1 on white (a chat app's copy) embeds as the photo itself once trimmed."""
+    photo = Image.fromarray(data.coffee())  # 600x400
+    canvas = Image.new("RGB", (600, 600), "white")
+    canvas.paste(photo, (0, 100))
+    padded = Image.open(io.BytesIO(_jpeg_bytes(canvas, 85))).convert("RGB")
+    trimmed = Embedder(lite0_backbone, descriptor=Descriptor("t", resize="bicubic", trim=True))
+    whole = Embedder(lite0_backbone, descriptor=Descriptor("w", resize="bicubic"))
+    with_trim = float(trimmed.embed_image(photo) @ trimmed.embed_image(padded))
+    assert with_trim > 0.97
+    assert with_trim > float(whole.embed_image(photo) @ whole.embed_image(padded)) + 0.02

@@ -38,6 +38,9 @@ from simd.imaging import open_image  # noqa: E402
 LOW = 160
 
 
+LOW_UP_TO = 240  # a low-resolution view costs a second pass: only at sizes that leave time for it
+
+
 def views(image: Image.Image, sizes: list[int]) -> dict[str, np.ndarray]:
     out = {}
     trimmed = trim(image)
@@ -45,16 +48,24 @@ def views(image: Image.Image, sizes: list[int]) -> dict[str, np.ndarray]:
         out[f"s{s}"] = np.asarray(image.resize((s, s), Image.Resampling.BICUBIC), np.uint8)
         if trimmed is not image:
             out[f"t{s}"] = np.asarray(trimmed.resize((s, s), Image.Resampling.BICUBIC), np.uint8)
-        low = trimmed.copy()
-        low.thumbnail((LOW, LOW), Image.Resampling.LANCZOS)
-        out[f"l{s}"] = np.asarray(low.resize((s, s), Image.Resampling.BICUBIC), np.uint8)
+        if s <= LOW_UP_TO:
+            low = trimmed.copy()
+            low.thumbnail((LOW, LOW), Image.Resampling.LANCZOS)
+            out[f"l{s}"] = np.asarray(low.resize((s, s), Image.Resampling.BICUBIC), np.uint8)
     return out
 
 
-def features(bb, root: Path, rows: list[dict], sizes: list[int], cache: Path) -> dict[str, np.ndarray]:
+def network(bb, sizes: list[int]):
+    """Raw pooled features (n, C) per size, on ONNX Runtime (converted in memory: ~1.4x TensorFlow)."""
+    from simd.backbones.onnx import open_network
+
+    tf = TFNetwork(bb, Descriptor("raw"))
+    return open_network(bb.id, 0, Descriptor("raw"), tuple(sizes), None, convert_from=tf) or tf
+
+
+def features(net, root: Path, rows: list[dict], sizes: list[int], cache: Path) -> dict[str, np.ndarray]:
     if cache.is_file():
         return dict(np.load(cache))
-    net = TFNetwork(bb, Descriptor("raw"))
     draft = 2 * max(sizes)
     feats: dict[str, list] = {}
     longs = []
@@ -75,6 +86,8 @@ def features(bb, root: Path, rows: list[dict], sizes: list[int], cache: Path) ->
                 if idx:
                     tf[idx] = net.run(int(key[1:]), np.stack([vs[j][tk] for j in idx]))
                 feats.setdefault(tk, []).append(tf)
+        if i % 320 == 0:
+            print(f"  {cache.name}: {i}/{len(rows)} after {time.perf_counter() - t:.0f} s", flush=True)
     out = {k: np.concatenate(v) for k, v in feats.items()}
     out["long"] = np.asarray(longs)
     print(f"  {cache.name}: {len(rows)} images in {time.perf_counter() - t:.0f} s", flush=True)
@@ -116,22 +129,29 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--sizes", default="224,288")
+    ap.add_argument("--groups", type=int, default=0, help="holdout: every n-th group only (0: all), for speed")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     bb = load_backbone(a.model, allow_download=False)
+    net = network(bb, sizes)
     a.cache.mkdir(parents=True, exist_ok=True)
     sets = {}
     for tag, root in (("kit", a.kit), ("hold", a.holdout)):
         for task in ("neardup", "category"):
             with open(root / f"{task}.csv") as f:
                 rows = list(csv.DictReader(f))
-            cache = a.cache / f"{a.model}-{tag}-{task}-{'_'.join(map(str, sizes))}.npz"
-            sets[tag, task] = (rows, features(bb, root / task, rows, sizes, cache))
+            part = ""
+            if tag == "hold" and task == "neardup" and a.groups > 1:
+                keep = sorted({r["group"] for r in rows if r["group"]})[:: a.groups]
+                rows = [r for r in rows if not r["group"] or r["group"] in keep]
+                part = f"-every{a.groups}"
+            cache = a.cache / f"{a.model}-{tag}-{task}{part}-{'_'.join(map(str, sizes))}.npz"
+            sets[tag, task] = (rows, features(net, root / task, rows, sizes, cache))
     grid = []
     for size in sizes:
         for w in (0.0, 0.3, 0.5, 0.7, 1.0):
             for trimmed in (False, True):
-                for low in (0.0, 0.5, 1.0):
+                for low in (0.0, 0.5, 1.0) if size <= LOW_UP_TO else (0.0,):
                     grid.append(dict(size=size, w=w, trimmed=trimmed, low=low))
     if 224 in sizes:
         for size in sizes:
