@@ -8,6 +8,8 @@ padding before embedding gives the network the photo itself. Only padding is tri
 - padding comes in pairs: top and bottom (or left and right) are trimmed together, and only when
   both are padding of the same colour and each is at least ``min_fraction`` of that side. A
   photo whose sky is uniform at the top has no matching band at the bottom, so it is left whole;
+- letterboxing pads one axis only: when both axes have bands, the image is an object on a plain
+  field (clip art, a product shot), whose field is part of how it looks, and it stays whole;
 - at most ``max_fraction`` of a side is trimmed in total, so a nearly plain image stays whole.
 """
 
@@ -43,6 +45,7 @@ def letterbox(
     if h < 8 or w < 8:
         return None
     box = [0, 0, w, h]
+    padded = 0
     for axis in (0, 1):  # 0: top/bottom bands (rows), 1: left/right bands (columns)
         lines = a if axis == 0 else a.transpose(1, 0, 2)
         n = lines.shape[0]
@@ -53,11 +56,14 @@ def letterbox(
             continue
         if first >= limit or last >= limit:  # the whole strip is plain: nothing to tell content by
             continue
+        padded += 1
         if axis == 0:
             box[1], box[3] = first, h - last
         else:
             box[0], box[2] = first, w - last
-    return None if box == [0, 0, w, h] else (box[0], box[1], box[2], box[3])
+    if padded != 1:
+        return None
+    return (box[0], box[1], box[2], box[3])
 
 
 def trim(image: Image.Image, **kw) -> Image.Image:

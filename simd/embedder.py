@@ -38,6 +38,7 @@ from simd.descriptors import (
     head,
     input_sizes,
     l2,
+    network_sizes,
     resolve_descriptor,
     validate,
     vector_dim,
@@ -128,7 +129,7 @@ class Embedder:
         ):
             spec, weights = source
             d = resolve_descriptor(descriptor, spec.id)
-            sizes = input_sizes(spec.input_size, d)
+            sizes = network_sizes(spec.input_size, d)
             network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
             if network is None and weights is not None and convert_apart(config, spec.id, descriptor):
                 network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
@@ -141,7 +142,13 @@ class Embedder:
         if config.runtime == ORT:
             d, w = embedder.descriptor, backbone.weights_file
             network = open_network(
-                backbone.id, backbone.classes, d, embedder.sizes, w, convert_from=embedder.network, **ort
+                backbone.id,
+                backbone.classes,
+                d,
+                network_sizes(backbone.input_size, d),
+                w,
+                convert_from=embedder.network,
+                **ort,
             )
             embedder.network = network or embedder.network
         return embedder._started()
@@ -248,7 +255,7 @@ class Embedder:
 
     def _prepare(self, image: Image.Image) -> list[np.ndarray]:
         """The uint8 (S, S, 3) network inputs of the descriptor's views (``descriptors.views``)."""
-        return views(image, self.descriptor, self.sizes)
+        return views(image, self.descriptor, self.sizes, self.backbone.input_size)
 
     # -- network
     @contextlib.contextmanager
@@ -274,9 +281,11 @@ class Embedder:
         total = np.zeros((n, self.dim), dtype=np.float32)
         with self._network_turn(first):
             for s, weight in enumerate(self._weights):
-                size = self.sizes[s % len(self.sizes)]
-                batch = np.stack([p[s] for p in prepared])
-                total += weight * head(self._run(size, batch), self.descriptor, self.backbone.dim)
+                # one call per input size: a small image's views may be smaller (`small_side`)
+                for size in sorted({p[s].shape[0] for p in prepared}):
+                    rows = [i for i, p in enumerate(prepared) if p[s].shape[0] == size]
+                    out = self._run(size, np.stack([prepared[i][s] for i in rows]))
+                    total[rows] += weight * head(out, self.descriptor, self.backbone.dim)
             self.images_embedded += n
         return list(l2(total))
 

@@ -73,3 +73,11 @@ def test_bands_of_two_colours_are_not_a_letterbox():
     canvas.paste(Image.new("RGB", (451, 100), "white"), (0, 400))
     canvas.paste(photo, (0, 100))
     assert letterbox(_jpeg(canvas)) is None
+
+
+def test_an_object_on_a_plain_field_is_not_a_letterbox():
+    """Clip art or a product shot: plain on all four sides. Letterboxing pads one axis only."""
+    horse = Image.fromarray(data.horse().astype(np.uint8) * 255).convert("RGB")  # a silhouette on white
+    assert letterbox(horse) is None
+    framed, _ = _padded(Image.fromarray(data.chelsea()), (600, 500), "white")
+    assert letterbox(_jpeg(framed)) is None

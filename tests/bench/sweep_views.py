@@ -38,6 +38,28 @@ from simd.imaging import open_image  # noqa: E402
 LOW = 160
 
 
+def score_copies(rows: list[dict], matrix: np.ndarray, k: int = 10) -> tuple[float, dict[str, float]]:
+    """Per copy: is it in the original's top k when the group's other copies are left out? (The
+    holdout has 11 copies per photo, more than k = 10 places: with all of them in, the weakest copy
+    of each photo is pushed out by its siblings, not by unrelated images.) Mean and per kind."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["group"]:
+            groups.setdefault(r["group"], []).append(i)
+    hits: dict[str, list[bool]] = {}
+    for members in groups.values():
+        orig = next(i for i in members if rows[i]["kind"] == "original")
+        scores = matrix @ matrix[orig]
+        scores[members] = -np.inf
+        kth = np.partition(scores, -k)[-k]  # the k-th best image outside the group
+        for i in members:
+            if i != orig:
+                s = float(matrix[i] @ matrix[orig])
+                hits.setdefault(rows[i]["kind"].split(":", 1)[1], []).append(s > kth)
+    kinds = {kind: float(np.mean(h)) for kind, h in sorted(hits.items())}
+    return float(np.mean([x for h in hits.values() for x in h])), kinds
+
+
 LOW_UP_TO = 240  # a low-resolution view costs a second pass: only at sizes that leave time for it
 
 
@@ -129,6 +151,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--sizes", default="224,288")
+    ap.add_argument("--kinds", action="store_true", help="print every kind's hit rate")
+    ap.add_argument("--only", help="python expression on a candidate dict g, e.g. \"g['w'] == 0.5\"")
     ap.add_argument("--groups", type=int, default=0, help="holdout: every n-th group only (0: all), for speed")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -161,14 +185,19 @@ def main() -> None:
     print(f"model {a.model}")
     print(f"{'candidate':<34} | {'kit rec':>7} {'worst':>16} {'prec':>5} | {'hold rec':>8} {'worst':>20} {'prec':>5}")
     for g in grid:
+        if a.only and not eval(a.only, {"g": g}):
+            continue
         cols = []
         for tag in ("kit", "hold"):
             nd_rows, ndF = sets[tag, "neardup"]
             cat_rows, catF = sets[tag, "category"]
-            rec, kinds = score_neardup(nd_rows, vectors(ndF, bb, **g))
+            score = score_neardup if tag == "kit" else score_copies
+            rec, kinds = score(nd_rows, vectors(ndF, bb, **g))
             prec = score_category(cat_rows, vectors(catF, bb, **g))
             worst = min(kinds, key=kinds.get)
             cols.append(f"{rec:7.3f} {worst:>11} {kinds[worst]:.3f} {prec:5.3f}")
+            if a.kinds:
+                cols[-1] += " [" + " ".join(f"{k[:7]}={v:.2f}" for k, v in kinds.items()) + "]"
         label = " ".join(f"{k}={v}" for k, v in g.items())
         print(f"{label:<34} | {cols[0]} | {cols[1]}", flush=True)
 
