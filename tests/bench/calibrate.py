@@ -1,9 +1,11 @@
 """Calibrate a model's score bands and duplicate thresholds on the evaluation kit.
 
     python tests/bench/calibrate.py /tmp/simd-eval [--model auto] [--descriptor default]
+    python tests/bench/calibrate.py /tmp/simd-eval --state ND_STATE_DIR CAT_STATE_DIR --model-id ID
 
 Embeds the kit's two libraries with the embedder the settings give (``Embedder.from_config``, the
-model id the daemon would store), then prints:
+model id the daemon would store), or reads the vectors an index already holds (``--state``: the
+state dirs run_eval.py --keep leaves, the very vectors the daemon searched), then prints:
 - score percentiles of a photo and its edited copy, of two photos with the same label, of
   unrelated photos (the search page's match bands, ``simd.search.MATCH_BANDS``);
 - the duplicate groups' pairwise precision and recall on the near-duplicate library at a few
@@ -39,6 +41,16 @@ def embed(emb: Embedder, root: Path, rows: list[dict]) -> np.ndarray:
     return np.stack([v if isinstance(v, np.ndarray) else np.zeros(emb.dim, np.float32) for v in out])
 
 
+def from_state(state: Path, rows: list[dict], model_id: str) -> np.ndarray:
+    from simd.store import Store
+
+    with Store(state / "index.db") as store:
+        ids, matrix = store.load_vectors(model_id)
+        row_of = {int(i): k for k, i in enumerate(ids)}
+        records = store.records()
+    return np.stack([matrix[row_of[records[r["path"]].id]] for r in rows])
+
+
 def percentiles(scores: list[float]) -> str:
     p = np.percentile(scores, [1, 5, 50, 95, 99])
     return " ".join(f"{x:6.3f}" for x in p) + f"  (n={len(scores)})"
@@ -63,14 +75,26 @@ def main() -> None:
     ap.add_argument("--model", default="auto")
     ap.add_argument("--descriptor", default="default")
     ap.add_argument("--runtime", default="onnxruntime")
+    ap.add_argument("--state", type=Path, nargs=2, metavar=("NEARDUP", "CATEGORY"))
+    ap.add_argument("--model-id", help="with --state: the model id whose vectors to read")
     a = ap.parse_args()
-    config = Config(
-        {"library": ".", "model": a.model, "descriptor": a.descriptor, "runtime": a.runtime, "weights_download": False}
-    )
-    emb = Embedder.from_config(config)
     nd_rows, cat_rows = read_kit(a.kit, "neardup"), read_kit(a.kit, "category")
-    nd, cat = embed(emb, a.kit / "neardup", nd_rows), embed(emb, a.kit / "category", cat_rows)
-    print(f"model {emb.model_id} ({emb.dim}-d, sizes {emb.sizes})")
+    if a.state:
+        nd, cat = from_state(a.state[0], nd_rows, a.model_id), from_state(a.state[1], cat_rows, a.model_id)
+        print(f"model {a.model_id} ({nd.shape[1]}-d, from {a.state[0]} and {a.state[1]})")
+    else:
+        config = Config(
+            {
+                "library": ".",
+                "model": a.model,
+                "descriptor": a.descriptor,
+                "runtime": a.runtime,
+                "weights_download": False,
+            }
+        )
+        emb = Embedder.from_config(config)
+        nd, cat = embed(emb, a.kit / "neardup", nd_rows), embed(emb, a.kit / "category", cat_rows)
+        print(f"model {emb.model_id} ({emb.dim}-d, sizes {emb.sizes})")
     copies = defaultdict(list)
     for i, r in enumerate(nd_rows):
         if r["group"]:
@@ -97,9 +121,7 @@ def main() -> None:
     print(f"unrelated                  {percentiles(unrelated)}")
     oe, un, sa = np.array(orig_edit), np.array(unrelated), np.array(same)
     for band in (0.70, 0.75, 0.80, 0.85):
-        print(
-            f"  near-dup band >= {band:.2f}: copies {np.mean(oe >= band):.3f}, unrelated {np.mean(un >= band):.4f}"
-        )
+        print(f"  near-dup band >= {band:.2f}: copies {np.mean(oe >= band):.3f}, unrelated {np.mean(un >= band):.4f}")
     for band in (0.35, 0.40, 0.45, 0.50):
         print(
             f"  similar band >= {band:.2f}: same label {np.mean(sa >= band):.3f}, unrelated {np.mean(un >= band):.4f}"
