@@ -24,12 +24,35 @@ MAX_FRACTION = 0.45  # each side; the photo left is never smaller than 10 % of t
 _COVER = 0.99  # share of a line's pixels that must match the colour
 
 
+def _close(lines: np.ndarray, colour: np.ndarray, tolerance: int) -> np.ndarray:
+    """Per line of ``lines`` (n, width, 3): are >= 99 % of its pixels within tolerance of ``colour``?"""
+    return np.all(np.abs(lines.astype(np.int16) - colour) <= tolerance, axis=2).mean(axis=1) >= _COVER
+
+
 def _band(lines: np.ndarray, tolerance: int) -> tuple[int, np.ndarray]:
-    """How many leading lines of ``lines`` (n, width, 3) are one colour, and that colour."""
+    """How many leading lines of ``lines`` (n, width, 3) are one colour, and that colour. Read in
+    chunks that double, so a photo (no band: its first line already fails) costs one line."""
     colour = np.median(lines[0], axis=0)
-    close = np.all(np.abs(lines - colour) <= tolerance, axis=2).mean(axis=1) >= _COVER
-    depth = int(np.argmin(close)) if not close.all() else len(close)
+    depth, chunk = 0, 1
+    while depth < len(lines):
+        close = _close(lines[depth : depth + chunk], colour, tolerance)
+        if not close.all():
+            return depth + int(np.argmin(close)), colour
+        depth += len(close)
+        chunk *= 2
     return depth, colour
+
+
+def _plain_pair(image: Image.Image, axis: int, tolerance: int) -> bool:
+    """Are the two outermost lines of ``axis`` (0: top and bottom rows) each one colour, the same?"""
+    w, h = image.size
+    boxes = [(0, 0, w, 1), (0, h - 1, w, h)] if axis == 0 else [(0, 0, 1, h), (w - 1, 0, w, h)]
+    lines = [np.asarray(image.crop(b)).reshape(-1, 3) for b in boxes]
+    colours = [np.median(line, axis=0) for line in lines]
+    return bool(
+        np.abs(colours[0] - colours[1]).max() <= tolerance
+        and all(_close(line[None], c, tolerance)[0] for line, c in zip(lines, colours, strict=True))
+    )
 
 
 def letterbox(
@@ -40,10 +63,13 @@ def letterbox(
     max_fraction: float = MAX_FRACTION,
 ) -> tuple[int, int, int, int] | None:
     """The box (left, top, right, bottom) of the content inside paired uniform bands, or None."""
-    a = np.asarray(image.convert("RGB"), dtype=np.int16)
-    h, w = a.shape[:2]
+    w, h = image.size
     if h < 8 or w < 8:
         return None
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    if not any(_plain_pair(image, axis, tolerance) for axis in (0, 1)):
+        return None  # a photo: its outermost lines alone say so, without reading the rest
+    a = np.asarray(image)  # uint8; lines are widened as they are read
     box = [0, 0, w, h]
     padded = 0
     for axis in (0, 1):  # 0: top/bottom bands (rows), 1: left/right bands (columns)
