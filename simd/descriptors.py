@@ -98,6 +98,11 @@ BACKBONE_DEFAULTS: dict[str, Descriptor] = {
 
 
 def resolve_descriptor(name: str, backbone_id: str) -> Descriptor:
+    """`seed`, `default` (the backbone's tuned default), or the tuned default's own name (as a model
+    id such as ``efficientnet-lite0+r2`` carries it)."""
+    tuned = BACKBONE_DEFAULTS.get(backbone_id)
+    if tuned is not None and name == tuned.name:
+        return tuned
     if name not in DESCRIPTORS:
         raise ValueError(f"unknown descriptor {name!r}; choose {', '.join(DESCRIPTORS)}")
     if name == "default":

@@ -66,7 +66,7 @@ def test_import_does_not_load_tensorflow():
         cwd=Path(__file__).parent.parent,
         timeout=120,
     )
-    assert out.stdout.split() == ["2", "False", "False"]
+    assert out.stdout.split() == ["4", "False", "False"]  # resnet50, efficientnet-lite0/1/2
 
 
 def test_tensorflow_import_noise_filter():

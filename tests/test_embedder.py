@@ -175,9 +175,7 @@ def test_default_descriptor_is_tuned_per_backbone(lite0_backbone):
     assert int(np.argmax(v[1280:])) in range(281, 286)  # the logits of a cat photo point at the cat classes
     small = img.resize((180, 120), Image.Resampling.LANCZOS)
     np.testing.assert_allclose(emb.embed_image(small), expected(small, 224), atol=2e-4)
-    # and the small copy is nearer its original than it was upscaled to 288
-    up = expected(small, 288)
-    assert float(emb.embed_image(small) @ v) > float(up @ v)
+    # (that this finds thumbnails more often is a statistical claim, measured in docs/QUALITY.md)
 
 
 def _exif_rotated_copy(src: Path, dest: Path) -> None:
