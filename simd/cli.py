@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_models() -> int:
     from simd.backbones import models_report
-    from simd.embedder import resolve_descriptor
+    from simd.descriptors import resolve_descriptor, vector_dim
 
     config = cfg.load()
     for m in models_report(weights=config.weights):
@@ -163,7 +163,7 @@ def cmd_models() -> int:
         # What the index stores with this backbone and the configured descriptor, which may project
         # the features (Lite0's default: onto its 1000 ImageNet logits) or enlarge the input.
         desc = resolve_descriptor(config.descriptor, m["id"])
-        dim = m["classes"] if desc.logits and m["classes"] else m["dim"]
+        dim = vector_dim(desc, m["dim"], m["classes"])
         sizes = "+".join(f"{round(m['input_size'] * s)}" for s in desc.scales)
         print(f"{m['id']:<20} vectors {dim}-d  input {sizes}px  weights: {mark} ({m['weights_source']})")
     if config.runtime == "onnxruntime":

@@ -17,7 +17,7 @@ from typing import Any
 
 from simd.errors import ConfigError
 
-MODELS = ("auto", "resnet50", "efficientnet-lite0")
+MODELS = ("auto", "resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 DESCRIPTORS = ("default", "seed")
 RUNTIMES = ("onnxruntime", "tensorflow")
 

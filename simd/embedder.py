@@ -11,8 +11,8 @@ network, so the two overlap; the first full batch is sent in pieces (8, 8, 16 of
 starts after a few decodes. A file that cannot be decoded yields its ``ImageError`` at its place
 in the result list; the other files of the batch are embedded as if it was not there.
 
-How an image becomes a vector is a ``Descriptor``: a small table of knobs (preprocessing,
-resize filter, aspect handling, pooling, flip averaging, scales), so tuning is a table change.
+How an image becomes a vector is a ``Descriptor`` (``simd.descriptors``): a small table of knobs,
+so tuning is a table change.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,9 +31,26 @@ from PIL import Image
 from simd.backbones.tfnet import TFNetwork
 from simd.budget import DECODE_SECONDS, Budget
 from simd.config import MAX_IMAGE_PIXELS, MAX_UPLOAD_PIXELS, Config
+from simd.descriptors import (
+    BACKBONE_DEFAULTS,
+    DESCRIPTORS,
+    Descriptor,
+    head,
+    input_sizes,
+    l2,
+    network_sizes,
+    resolve_descriptor,
+    validate,
+    vector_dim,
+    view_weights,
+    views,
+)
 from simd.errors import Busy, ImageError
 
 log = logging.getLogger(__name__)
+
+# the descriptor table lives in simd.descriptors; these names stay importable from here
+__all__ = ["BACKBONE_DEFAULTS", "DESCRIPTORS", "Descriptor", "Embedder", "input_sizes", "resolve_descriptor"]
 
 # Uploads are decoded and embedded one at a time: the largest allowed (max_upload_pixels) may need
 # ~0.6 GB while it decodes, and the network runs one batch at a time anyway. Up to UPLOAD_WAITING
@@ -42,76 +58,6 @@ log = logging.getLogger(__name__)
 UPLOAD_SLOTS = 1
 UPLOAD_WAITING = 7
 UPLOAD_WAIT = 60.0  # s an upload waits for its turn before Busy
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """The knobs that turn a decoded image into a vector; vectors of two descriptors never mix.
-
-    name:       appended to the backbone id as ``<backbone>+<name>`` in ``model_id`` (not for
-                "default"). Change the name whenever a knob changes, or old and new vectors of
-                the same library would be compared as if they were alike.
-    preprocess: the backbone's preprocessing mode ("seed" or "default").
-    resize:     PIL filter for the resize to the network input ("nearest", "bilinear", "bicubic").
-    aspect:     "squash" (whole image, aspect not kept) or "crop" (centred square).
-    pooling:    "gap" (global average) or "gem" (generalised mean with exponent gem_p).
-    flip:       also embed the mirrored image and average the two.
-    scales:     network input sizes as multiples of the backbone's input size; per-scale vectors
-                are L2-normalised, summed and normalised again.
-    draft:      let JPEGs decode at a reduced DCT scale (>= 2x the largest input), ~4x faster.
-    exif:       apply the EXIF orientation (only the seed baseline ignores it, as load_img did).
-    logits:     project the pooled features onto the backbone's ImageNet classifier logits when
-                its weights include the classifier (EfficientNet-Lite0 does; ResNet50's notop
-                file does not). A fixed linear map learned on ImageNet, not on the library:
-                it weights feature directions by how much they tell ImageNet classes apart.
-    """
-
-    name: str
-    preprocess: str = "default"
-    resize: str = "bilinear"
-    aspect: str = "squash"
-    pooling: str = "gap"
-    gem_p: float = 3.0
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-    draft: bool = True
-    logits: bool = False
-    exif: bool = True
-
-
-DESCRIPTORS: dict[str, Descriptor] = {
-    # The original method, reproduced exactly: Keras load_img(target_size=(224, 224)) ignores the
-    # EXIF orientation and squashes the fully decoded image with NEAREST; then the backbone's own
-    # preprocessing and GAP.
-    "seed": Descriptor("seed", preprocess="seed", resize="nearest", aspect="squash", draft=False, exif=False),
-    # The backbone's best preprocessing, an antialiased resize of the whole image, GAP.
-    "default": Descriptor("default"),
-}
-
-# Tuned per backbone on the public evaluation kit (docs/QUALITY.md): for EfficientNet-Lite0 a
-# 288 px input (objects at the scale ImageNet training saw them after its random-resized crops)
-# and the classifier-logit projection each lifted category precision@10 beyond the kit's noise;
-# GeM pooling, flip averaging, centre crops, three scales and PCA-whitening did not.
-# ResNet50's ImageNet weights cannot be fetched on the machines that tuned this, so it keeps the
-# plain default until it can be measured.
-BACKBONE_DEFAULTS: dict[str, Descriptor] = {
-    "efficientnet-lite0": Descriptor("default", resize="bicubic", scales=(288 / 224,), logits=True),
-}
-
-
-def resolve_descriptor(name: str, backbone_id: str) -> Descriptor:
-    if name not in DESCRIPTORS:
-        raise ValueError(f"unknown descriptor {name!r}; choose {', '.join(DESCRIPTORS)}")
-    if name == "default":
-        return BACKBONE_DEFAULTS.get(backbone_id, DESCRIPTORS["default"])
-    return DESCRIPTORS[name]
-
-
-_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 
 
 class Embedder:
@@ -134,13 +80,7 @@ class Embedder:
     ):
         if isinstance(descriptor, str):
             descriptor = resolve_descriptor(descriptor, backbone.id)
-        if (
-            descriptor.resize not in _FILTERS
-            or descriptor.aspect not in ("squash", "crop")
-            or descriptor.pooling not in ("gap", "gem")
-            or not descriptor.scales
-        ):
-            raise ValueError(f"invalid descriptor {descriptor}")
+        validate(descriptor)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.backbone = backbone
@@ -152,9 +92,9 @@ class Embedder:
         self._upload_line = threading.BoundedSemaphore(UPLOAD_SLOTS + UPLOAD_WAITING)
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self.model_id = backbone.id if descriptor.name == "default" else f"{backbone.id}+{descriptor.name}"
-        classes = getattr(backbone, "classes", 0) if descriptor.logits else 0
-        self.dim = classes or backbone.dim
+        self.dim = vector_dim(descriptor, backbone.dim, getattr(backbone, "classes", 0))
         self.sizes = input_sizes(backbone.input_size, descriptor)
+        self._weights = view_weights(descriptor, self.sizes)
         self.buckets = sorted({min(2**i, batch_size) for i in range(batch_size.bit_length() + 1)})
         self.images_embedded = 0
         # The network runs one call at a time. An upload (a person waiting for an answer) goes
@@ -189,7 +129,7 @@ class Embedder:
         ):
             spec, weights = source
             d = resolve_descriptor(descriptor, spec.id)
-            sizes = input_sizes(spec.input_size, d)
+            sizes = network_sizes(spec.input_size, d)
             network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
             if network is None and weights is not None and convert_apart(config, spec.id, descriptor):
                 network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
@@ -202,7 +142,13 @@ class Embedder:
         if config.runtime == ORT:
             d, w = embedder.descriptor, backbone.weights_file
             network = open_network(
-                backbone.id, backbone.classes, d, embedder.sizes, w, convert_from=embedder.network, **ort
+                backbone.id,
+                backbone.classes,
+                d,
+                network_sizes(backbone.input_size, d),
+                w,
+                convert_from=embedder.network,
+                **ort,
             )
             embedder.network = network or embedder.network
         return embedder._started()
@@ -308,18 +254,8 @@ class Embedder:
             return ImageError(name, f"cannot prepare image ({type(e).__name__}: {e})")
 
     def _prepare(self, image: Image.Image) -> list[np.ndarray]:
-        """One uint8 (S, S, 3) array per scale."""
-        d = self.descriptor
-        if d.aspect == "crop":
-            w, h = image.size
-            s = min(w, h)
-            left, top = (w - s) // 2, (h - s) // 2
-            image = image.crop((left, top, left + s, top + s))
-        out = []
-        for size in self.sizes:
-            resized = image if image.size == (size, size) else image.resize((size, size), _FILTERS[d.resize])
-            out.append(np.asarray(resized, dtype=np.uint8))
-        return out
+        """The uint8 (S, S, 3) network inputs of the descriptor's views (``descriptors.views``)."""
+        return views(image, self.descriptor, self.sizes, self.backbone.input_size)
 
     # -- network
     @contextlib.contextmanager
@@ -344,13 +280,14 @@ class Embedder:
         n = len(prepared)
         total = np.zeros((n, self.dim), dtype=np.float32)
         with self._network_turn(first):
-            for s, size in enumerate(self.sizes):
-                batch = np.stack([p[s] for p in prepared])
-                pooled = self._run(size, batch)
-                total += _l2(pooled)
+            for s, weight in enumerate(self._weights):
+                # one call per input size: a small image's views may be smaller (`small_side`)
+                for size in sorted({p[s].shape[0] for p in prepared}):
+                    rows = [i for i, p in enumerate(prepared) if p[s].shape[0] == size]
+                    out = self._run(size, np.stack([prepared[i][s] for i in rows]))
+                    total[rows] += weight * head(out, self.descriptor, self.backbone.dim)
             self.images_embedded += n
-        vectors = _l2(total)
-        return list(vectors)
+        return list(l2(total))
 
     def _run(self, size: int, batch: np.ndarray) -> np.ndarray:
         """Pooled features (n, C) of a uint8 batch, padded to a bucket size (TensorFlow never
@@ -367,11 +304,6 @@ class Embedder:
         return np.concatenate(out)
 
 
-def input_sizes(input_size: int, descriptor: Descriptor) -> tuple[int, ...]:
-    """The network input sizes (px) of a descriptor's scales on a backbone of ``input_size``."""
-    return tuple(max(32, round(input_size * s)) for s in descriptor.scales)
-
-
 def _batches(n: int, batch_size: int) -> list[range]:
     """Index ranges of the network calls for `n` files: batches of `batch_size`, but the first
     power-of-two number of files (at least 8, at most a batch) is split 1/4, 1/4, 1/2 (8, 8, 16 of
@@ -385,8 +317,3 @@ def _batches(n: int, batch_size: int) -> list[range]:
         out.append(range(start, min(start + size, n)))
         start += size
     return out
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -66,7 +66,7 @@ def test_import_does_not_load_tensorflow():
         cwd=Path(__file__).parent.parent,
         timeout=120,
     )
-    assert out.stdout.split() == ["2", "False", "False"]
+    assert out.stdout.split() == ["4", "False", "False"]  # resnet50, efficientnet-lite0/1/2
 
 
 def test_tensorflow_import_noise_filter():
@@ -345,7 +345,10 @@ def test_auto_falls_back_when_the_weights_file_is_not_weights(monkeypatch, caplo
 
 def test_models_report_and_unknown_names():
     rows = {r["id"]: r for r in bb.models_report()}
-    assert set(rows) == set(bb.BACKBONES) == {"resnet50", "efficientnet-lite0"}
+    assert (
+        set(rows) == set(bb.BACKBONES) == {"resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"}
+    )
+    assert [rows[f"efficientnet-lite{i}"]["input_size"] for i in range(3)] == [224, 240, 260]
     assert rows["efficientnet-lite0"]["weights_available"] is True
     assert rows["efficientnet-lite0"]["dim"] == 1280 and rows["resnet50"]["dim"] == 2048
     assert rows["resnet50"]["weights_available"] is False
@@ -374,3 +377,25 @@ def test_a_stalled_download_gives_up_instead_of_hanging(empty_keras_home, monkey
         assert [p.name for p in (empty_keras_home / "models").iterdir()] == [".simd-resnet50-download-failed"]
     finally:
         server.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, size", [("efficientnet-lite1", 240), ("efficientnet-lite2", 260)])
+def test_lite1_and_lite2_load_through_the_real_path_and_classify(name, size):
+    """The same builder, another row of the variants table: every tensor of the packaged file finds
+    its layer (a wrong depth or width fails loudly), the classifier knows a cat and an espresso, and
+    the embedder makes unit vectors from it."""
+    from simd.embedder import Embedder
+
+    backbone = bb.load_backbone(name)
+    assert (backbone.id, backbone.dim, backbone.input_size, backbone.classes) == (name, 1280, size, 1000)
+    assert bb.resolve_source(name) == (bb.BACKBONES[name], backbone.weights_file)
+    w, b = backbone.classifier
+    for rgb, wanted in ((data.chelsea(), CATS), (data.coffee(), (ESPRESSO, CUP))):
+        x = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC), np.float32)[None]
+        pooled = backbone.feature_model(backbone.preprocess(x), training=False).numpy().mean(axis=(1, 2))
+        assert int(np.argmax(pooled @ w.T + b)) in wanted
+    vectors = Embedder(backbone).embed_files([])
+    assert vectors == []
+    v = Embedder(backbone).embed_image(Image.fromarray(data.astronaut()))
+    assert v.dtype == np.float32 and abs(float(np.linalg.norm(v)) - 1.0) < 1e-5

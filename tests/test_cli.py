@@ -79,13 +79,13 @@ def test_state_dir_inside_library_is_refused(tmp_path):
 
 
 def test_models_reports_the_vectors_the_index_stores(tmp_path):
-    """Lite0's default descriptor stores its 1000 ImageNet logits from a 288 px input; the seed
+    """Lite0's default descriptor stores its pooled features and 1000 ImageNet logits from a 288 px input; the seed
     descriptor stores the 1280-d pooled features from 224 px. `simd status` reports the same dim."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SIMD_WEIGHTS_DOWNLOAD": "0"}
     r = simd("models", env=env)
     assert r.returncode == 0, r.stderr
     lines = {line.split()[0]: line for line in r.stdout.splitlines()}
-    assert "vectors 1000-d  input 288px  weights: yes" in lines["efficientnet-lite0"]
+    assert "vectors 2280-d  input 288px  weights: yes" in lines["efficientnet-lite0"]
     assert "vectors 2048-d  input 224px  weights: no" in lines["resnet50"]
     r = simd("models", env={**env, "SIMD_DESCRIPTOR": "seed"})
     assert "vectors 1280-d  input 224px" in r.stdout

@@ -134,7 +134,7 @@ def test_serve_speaks_sd_notify_and_stops_cleanly_on_sigterm(tmp_path, library, 
     try:
         sock.wait_for("READY=1")
         # READY means the socket is bound: the API answers at once.
-        assert served.get("/api/status")["model"] == "efficientnet-lite0"
+        assert served.get("/api/status")["model"] == "efficientnet-lite0+r2"
         sock.wait_for("WATCHDOG=1", n=3, timeout=10)
         sock.wait_for("STATUS=", timeout=10)
         # `simd status` finds the daemon on its (non-default) port through the state dir's lock,

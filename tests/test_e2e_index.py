@@ -97,8 +97,8 @@ def test_index_then_query_finds_the_edited_copy_first(photo_library, tmp_path):
     assert "broken.jpg" in r.stdout
     r = run_simd("status", "--state-dir", str(state), "--json")
     status = json.loads(r.stdout)
-    assert (status["indexed"], status["failed"], status["model"]) == (len(PHOTOS) + 1, 1, "efficientnet-lite0")
-    assert status["dim"] == 1000 and status["daemon"] is False  # the default descriptor: Lite0's logits
+    assert (status["indexed"], status["failed"], status["model"]) == (len(PHOTOS) + 1, 1, "efficientnet-lite0+r2")
+    assert status["dim"] == 2280 and status["daemon"] is False  # the default descriptor: pooled features + logits
     # Nothing was written into the library.
     assert sorted(p.name for p in photo_library.rglob("*")) == sorted(
         [f"{n}.jpg" for n in PHOTOS] + ["edits", "chelsea-crop.jpg", "broken.jpg"]

@@ -56,14 +56,15 @@ def photos(tmp_path_factory):
 
 def test_shapes_norms_dtype_and_model_id(lite0_backbone, photos):
     emb = Embedder(lite0_backbone, batch_size=4)
-    # The tuned default projects onto Lite0's 1000 ImageNet logits; seed keeps the 1280-d GAP.
-    assert (emb.model_id, emb.dim) == ("efficientnet-lite0", 1000)
+    # The tuned default ("r2") keeps the 1280-d pooled features beside Lite0's 1000 ImageNet logits;
+    # seed keeps the 1280-d GAP.
+    assert (emb.model_id, emb.dim) == ("efficientnet-lite0+r2", 2280)
     seed = Embedder(lite0_backbone, descriptor="seed")
     assert (seed.model_id, seed.dim) == ("efficientnet-lite0+seed", 1280)
     vecs = emb.embed_files(photos["good"])
     assert len(vecs) == 5
     for v in vecs:
-        assert isinstance(v, np.ndarray) and v.shape == (1000,) and v.dtype == np.float32
+        assert isinstance(v, np.ndarray) and v.shape == (2280,) and v.dtype == np.float32
         assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
     assert emb.images_embedded == 5
     assert emb.embed_files([]) == [] and emb.images_embedded == 5
@@ -157,20 +158,24 @@ def test_large_and_odd_images(lite0_backbone, tmp_path):
 
 
 def test_default_descriptor_is_tuned_per_backbone(lite0_backbone):
-    """Lite0's default projects GAP features onto its ImageNet classifier logits at 288 px."""
+    """Lite0's default ("r2"): the pooled features beside the ImageNet logits, equal weights, at 288 px;
+    an image under 200 px (a web copy) at 224 px instead of upscaled to 288."""
     emb = Embedder(lite0_backbone)
-    assert emb.sizes == (288,) and emb.dim == 1000
-    img = Image.fromarray(data.chelsea())
-    v = emb.embed_image(img)
-    # Hand-computed: bicubic squash to 288, (x-127)/128, feature map, GAP, logits, L2.
-    x = np.asarray(img.resize((288, 288), Image.Resampling.BICUBIC), np.float32)[None]
-    fmap = lite0_backbone.feature_model(lite0_backbone.preprocess(x, "default")).numpy()
+    assert emb.sizes == (288,) and emb.dim == 2280 and emb.model_id == "efficientnet-lite0+r2"
     w, b = lite0_backbone.classifier
-    logits = fmap.mean(axis=(1, 2)) @ w.T + b
-    expected = logits[0] / np.linalg.norm(logits[0])
-    np.testing.assert_allclose(v, expected, atol=2e-4)
-    # The logit vector of a cat photo points at the cat classes (ImageNet 281-285).
-    assert int(np.argmax(v)) in range(281, 286)
+
+    def expected(img: Image.Image, size: int) -> np.ndarray:
+        # Hand-computed: trim (nothing to trim here), bicubic squash, (x-127)/128, GAP, logits.
+        pooled = _pooled(lite0_backbone, img, size)
+        return np.concatenate([np.sqrt(0.5) * _unit(pooled), np.sqrt(0.5) * _unit(pooled @ w.T + b)])
+
+    img = Image.fromarray(data.chelsea())  # 451 x 300
+    v = emb.embed_image(img)
+    np.testing.assert_allclose(v, expected(img, 288), atol=2e-4)
+    assert int(np.argmax(v[1280:])) in range(281, 286)  # the logits of a cat photo point at the cat classes
+    small = img.resize((180, 120), Image.Resampling.LANCZOS)
+    np.testing.assert_allclose(emb.embed_image(small), expected(small, 224), atol=2e-4)
+    # (that this finds thumbnails more often is a statistical claim, measured in docs/QUALITY.md)
 
 
 def _exif_rotated_copy(src: Path, dest: Path) -> None:
@@ -261,3 +266,91 @@ def test_an_upload_goes_before_the_indexers_next_batch(lite0_backbone, photos, p
     finally:
         indexer.join(120)
     assert calls.count("indexer") >= len(files) // 2
+
+
+def _pooled(backbone, img: Image.Image, size: int) -> np.ndarray:
+    x = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), np.float32)[None]
+    return backbone.feature_model(backbone.preprocess(x, "default")).numpy().mean(axis=(1, 2))[0]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_gap_weight_puts_the_pooled_features_beside_the_logits(lite0_backbone):
+    """cosine = w * cosine(pooled) + (1 - w) * cosine(logits): each part normalised, weighted by sqrt."""
+    d = Descriptor("test-both", resize="bicubic", logits=True, gap_weight=0.3)
+    emb = Embedder(lite0_backbone, descriptor=d)
+    assert emb.dim == 1280 + 1000 and emb.model_id == "efficientnet-lite0+test-both"
+    img = Image.fromarray(data.chelsea())
+    pooled = _pooled(lite0_backbone, img, 224)
+    w, b = lite0_backbone.classifier
+    expected = np.concatenate([np.sqrt(0.3) * _unit(pooled), np.sqrt(0.7) * _unit(pooled @ w.T + b)])
+    np.testing.assert_allclose(emb.embed_image(img), expected, atol=2e-4)
+    with pytest.raises(ValueError, match="invalid descriptor"):
+        Embedder(lite0_backbone, descriptor=Descriptor("x", gap_weight=0.5))  # no logits to sit beside
+
+
+def test_low_view_adds_the_look_of_a_thumbnail(lite0_backbone):
+    """The vector is the normalised sum of the image's view and (weighted) its 160 px view; a 160 px
+    copy of a large photo then scores higher against it than without."""
+    d = Descriptor("test-low", resize="bicubic", low_view=1.0)
+    emb, plain = (
+        Embedder(lite0_backbone, descriptor=d),
+        Embedder(lite0_backbone, descriptor=Descriptor("p", resize="bicubic")),
+    )
+    img = Image.fromarray(data.astronaut()).resize((1024, 1024), Image.Resampling.LANCZOS)
+    low = img.copy()
+    low.thumbnail((160, 160), Image.Resampling.LANCZOS)
+    expected = _unit(_unit(_pooled(lite0_backbone, img, 224)) + _unit(_pooled(lite0_backbone, low, 224)))
+    np.testing.assert_allclose(emb.embed_image(img), expected, atol=2e-4)
+    thumb = Image.open(io.BytesIO(_jpeg_bytes(low, 75))).convert("RGB")
+    assert float(emb.embed_image(img) @ emb.embed_image(thumb)) > float(
+        plain.embed_image(img) @ plain.embed_image(thumb)
+    )
+
+
+def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_trim_embeds_a_letterboxed_copy_like_its_photo(lite0_backbone):
+    """The photo padded to 1:1 on white (a chat app's copy) embeds as the photo itself once trimmed."""
+    photo = Image.fromarray(data.coffee())  # 600x400
+    canvas = Image.new("RGB", (600, 600), "white")
+    canvas.paste(photo, (0, 100))
+    padded = Image.open(io.BytesIO(_jpeg_bytes(canvas, 85))).convert("RGB")
+    trimmed = Embedder(lite0_backbone, descriptor=Descriptor("t", resize="bicubic", trim=True))
+    whole = Embedder(lite0_backbone, descriptor=Descriptor("w", resize="bicubic"))
+    with_trim = float(trimmed.embed_image(photo) @ trimmed.embed_image(padded))
+    assert with_trim > 0.97
+    assert with_trim > float(whole.embed_image(photo) @ whole.embed_image(padded)) + 0.02
+
+
+def test_an_index_of_the_previous_default_is_re_embedded_for_the_new_one(lite0_backbone, photos, library, state_dir):
+    """A library indexed with the previous Lite0 default (model id "efficientnet-lite0", 1000-d logits)
+    is re-embedded, file by file, when the active model id becomes the new default's; the old vectors
+    are never searched beside the new ones."""
+    from simd.ignore import IgnoreRules
+    from simd.indexer import Reconciler
+    from simd.store import Store
+    from simd.vectors import VectorIndex
+
+    for p in photos["good"][:3]:
+        (library / p.name).write_bytes(p.read_bytes())
+    previous = Embedder(
+        lite0_backbone, descriptor=Descriptor("default", resize="bicubic", scales=(288 / 224,), logits=True)
+    )
+    current = Embedder(lite0_backbone)
+    assert (previous.model_id, previous.dim) == ("efficientnet-lite0", 1000)
+    assert current.model_id != previous.model_id
+    with Store(state_dir / "index.db") as store:
+        Reconciler(library, store, previous, VectorIndex(previous.dim), IgnoreRules([])).run()
+        assert store.counts(current.model_id)["stale"] == 3
+        summary = Reconciler(library, store, current, VectorIndex(current.dim), IgnoreRules([])).run()
+        assert (summary.reembedded, current.images_embedded) == (3, 3)
+        ids, matrix = store.load_vectors(current.model_id)
+        assert len(ids) == 3 and matrix.shape == (3, 2280)
+        assert store.load_vectors(previous.model_id)[0].size == 0

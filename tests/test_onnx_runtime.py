@@ -8,6 +8,7 @@ the tests that damage a cache work on copies or on caches of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -99,7 +100,8 @@ def _cosines(a: list, b: list) -> np.ndarray:
 def test_onnxruntime_gives_tensorflows_vectors_on_real_photos(embedders, photos, model):
     ort, tf = embedders[model, "onnxruntime"], embedders[model, "tensorflow"]
     assert (ort.network.runtime, tf.network.runtime) == ("onnxruntime", "tensorflow")
-    assert (ort.model_id, ort.dim, ort.sizes) == (tf.model_id, tf.dim, tf.sizes) == (model, *_shape(model))
+    assert ort.model_id == tf.model_id and ort.model_id.split("+")[0] == model
+    assert (ort.dim, ort.sizes) == (tf.dim, tf.sizes) == _shape(model)
     got, want = ort.embed_files(photos), tf.embed_files(photos)
     assert all(isinstance(v, np.ndarray) and v.shape == (ort.dim,) for v in got + want)
     cos = _cosines(got, want)
@@ -108,16 +110,35 @@ def test_onnxruntime_gives_tensorflows_vectors_on_real_photos(embedders, photos,
     assert (np.argmax(np.stack(got) @ np.stack(want).T, axis=1) == np.arange(len(photos))).all()
 
 
+def test_small_and_letterboxed_images_match_tensorflow_on_onnxruntime(embedders, tmp_path):
+    """The default's other paths: a web-sized copy (under 200 px: the 224 px network) and a copy
+    letterboxed on white (trimmed first) give TensorFlow's vectors on ONNX Runtime too."""
+    photo = Image.fromarray(data.coffee())
+    small = photo.resize((160, 107), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (600, 600), "white")
+    canvas.paste(photo, (0, 100))
+    paths = []
+    for name, img in (("small.jpg", small), ("padded.jpg", canvas)):
+        img.save(tmp_path / name, "JPEG", quality=85)
+        paths.append(tmp_path / name)
+    ort, tf = embedders[LITE0, "onnxruntime"], embedders[LITE0, "tensorflow"]
+    cos = _cosines(ort.embed_files(paths), tf.embed_files(paths))
+    assert cos.min() >= 0.9999, cos
+
+
 def _shape(model: str) -> tuple[int, tuple[int, ...]]:
-    return (1000, (288,)) if model == LITE0 else (2048, (224,))
+    return (2280, (288,)) if model == LITE0 else (2048, (224,))
 
 
 def test_the_cache_holds_one_file_per_model_named_by_its_key(embedders, cache, resnet_h5):
     embedders[LITE0, "onnxruntime"], embedders[RESNET, "onnxruntime"]
     files = sorted(p.name for p in cache.iterdir())
-    lite0_key = ortnet.cache_key(LITE0, 1000, resolve_descriptor("default", LITE0), 288, bb.lite0.weights_file())
+    lite0 = [  # 288 px, and 224 px for small images
+        ortnet.cache_key(LITE0, 1000, resolve_descriptor("default", LITE0), size, bb.lite0.weights_file())
+        for size in (288, 224)
+    ]
     resnet_key = ortnet.cache_key(RESNET, 0, resolve_descriptor("default", RESNET), 224, resnet_h5)
-    assert files == sorted([f"{lite0_key}.onnx", f"{resnet_key}.onnx"])
+    assert files == sorted([f"{lite0[0]}.onnx", f"{lite0[1]}.onnx", f"{resnet_key}.onnx"])
     assert "cached in" in embedders[LITE0, "onnxruntime"].network.describe()
 
 
@@ -177,7 +198,7 @@ def test_the_first_start_converts_in_a_process_of_its_own_and_never_imports_tens
     out, peak_mb, _ = _start_fresh(config, phone_jpeg)
     assert (out["tensorflow"], out["keras"]) == (False, False)
     assert out["network"].startswith("onnxruntime ") and "(cached in" in out["network"]
-    assert len(list((tmp_path / "cache").glob(f"{LITE0}-*.onnx"))) == 1
+    assert len(list((tmp_path / "cache").glob(f"{LITE0}-*.onnx"))) == 2  # 288 px, and 224 px for small images
     assert peak_mb < 600, peak_mb  # ~125 MB measured; TensorFlow alone takes ~700
 
 
@@ -187,7 +208,7 @@ def test_model_auto_without_resnet50_weights_starts_on_lite0_without_tensorflow(
     config = _config(tmp_path / "cache", "auto").as_dict()
     out, _, stderr = _start_fresh(config, phone_jpeg, KERAS_HOME=str(tmp_path / "keras"))  # no ResNet50 weights
     assert (out["tensorflow"], out["keras"]) == (False, False)
-    assert out["network"].startswith("onnxruntime ") and len(out["vector"]) == 1000  # Lite0's logits
+    assert out["network"].startswith("onnxruntime ") and len(out["vector"]) == 2280  # Lite0's r2 vector
     assert stderr.count("model auto: using efficientnet-lite0") == 1, stderr
 
 
@@ -202,6 +223,8 @@ def test_the_cache_key_follows_the_weights_file_and_the_descriptor(resnet_h5, tm
     lite0 = bb.lite0.weights_file()
     plain = resolve_descriptor("default", LITE0)
     assert ortnet.cache_key(LITE0, 1000, plain, 288, lite0) != ortnet.cache_key(LITE0, 0, plain, 288, lite0)
+    logits_only = dataclasses.replace(plain, gap_weight=0.0)  # another graph output: another file
+    assert ortnet.cache_key(LITE0, 1000, plain, 288, lite0) != ortnet.cache_key(LITE0, 1000, logits_only, 288, lite0)
     # the same path rewritten with other weights is another model
     copy = shutil.copy(resnet_h5, tmp_path / "weights.h5")
     before = ortnet.cache_key(RESNET, 0, default, 224, Path(copy))
@@ -215,7 +238,7 @@ def test_a_truncated_cached_model_is_converted_again(embedders, cache, tmp_path,
     embedders[LITE0, "onnxruntime"]
     damaged = tmp_path / "cache"
     shutil.copytree(cache, damaged)
-    (onnx_file,) = damaged.glob(f"{LITE0}-*.onnx")
+    (onnx_file,) = damaged.glob(f"{LITE0}-288-*.onnx")
     size = onnx_file.stat().st_size
     with onnx_file.open("r+b") as f:
         f.truncate(size // 3)
@@ -236,8 +259,8 @@ def test_a_cache_that_cannot_be_written_converts_in_memory(embedders, tmp_path, 
     blocked.write_text("a file where the cache directory should be\n")
     with caplog.at_level(logging.WARNING, logger="simd.backbones.onnx"):
         emb = Embedder.from_config(_config(blocked, LITE0))
-    assert [r.levelno for r in caplog.records] == [logging.WARNING]
-    assert "cannot cache the converted model" in caplog.records[0].getMessage()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 2  # one per input size (288, 224)
+    assert all("cannot cache the converted model" in r.getMessage() for r in caplog.records)
     assert emb.network.runtime == "onnxruntime" and "converted in memory" in emb.network.describe()
     cos = _cosines(emb.embed_files(photos[:2]), embedders[LITE0, "tensorflow"].embed_files(photos[:2]))
     assert cos.min() >= 0.9999

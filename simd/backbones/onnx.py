@@ -77,6 +77,8 @@ def cache_key(backbone_id: str, classes: int, descriptor: Any, size: int, weight
         "flip": bool(d.flip),
         "logits": classes if d.logits else 0,
     }
+    if d.logits and classes and getattr(d, "gap_weight", 0.0):  # the pooled features beside the logits
+        knobs["with_features"] = True  # only when set: the keys of earlier descriptors stay as they were
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:20]
     return f"{backbone_id}-{size}-ort{ort_version()}-{digest}"
 

@@ -20,7 +20,7 @@ class TFNetwork:
     """``run(size, batch)``: uint8 (n, size, size, 3) -> float32 (n, dim) pooled (or logit) features.
 
     ``backbone``: a loaded ``simd.backbones.Backbone``; ``descriptor``: a ``simd.embedder.Descriptor``
-    (its preprocess, flip, pooling, gem_p and logits shape the graph). One tf.function per size,
+    (its preprocess, flip, pooling, gem_p, logits and gap_weight shape the graph). One tf.function per size,
     traced once per batch shape (the embedder pads batches to a few bucket sizes).
     """
 
@@ -65,7 +65,9 @@ class TFNetwork:
                 a, b = tf.split(v, 2, axis=0)
                 v = (a + b) / 2.0
             if classifier is not None:
-                v = tf.matmul(v, classifier[0]) + classifier[1]
+                logits = tf.matmul(v, classifier[0]) + classifier[1]
+                # gap_weight: both, side by side; the embedder normalises and weights each part
+                v = tf.concat([v, logits], axis=1) if getattr(d, "gap_weight", 0.0) else logits
             return v
 
         fn = tf.function(

@@ -3,6 +3,10 @@
     python tests/bench/run_eval.py [--kit /tmp/simd-eval] [--model efficientnet-lite0]
                                    [--descriptors seed,default] [--out docs/quality-run.json]
     python tests/bench/run_eval.py --descriptors default@tensorflow,default@onnxruntime   # runtimes side by side
+    python tests/bench/run_eval.py --descriptors seed,default,efficientnet-lite2/default,default^/work/main
+
+A variant is ``[model/]descriptor[@runtime][^tree]``: ``model`` overrides --model, ``tree`` runs
+another checkout's simd (e.g. the previous default, from main) on the same machine in the same run.
 
 For each descriptor: index each kit library with `simd index --json` (indexing throughput, images/s),
 then start `simd serve` on it (the index is already up to date) and score it with the kit's own
@@ -34,17 +38,22 @@ def free_port() -> int:
 
 
 def run_task(kit: Path, task: str, variant: str, model: str, work: Path) -> dict:
-    """`variant`: a descriptor, or descriptor@runtime (the `runtime` setting)."""
-    descriptor, _, runtime = variant.partition("@")
+    """`variant`: [model/]descriptor[@runtime][^tree] (see the module's doc)."""
+    spec, _, tree = variant.partition("^")
+    if "/" in spec:
+        model, spec = spec.split("/", 1)
+    descriptor, _, runtime = spec.partition("@")
     env = {**os.environ, "SIMD_DESCRIPTOR": descriptor, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     if runtime:
         env["SIMD_RUNTIME"] = runtime
-    state = work / f"{variant}-{task}"
+    env["PYTHONPATH"] = cwd = tree or str(REPO)  # `python -m` puts the working directory first
+    state = work / f"{variant.replace('/', '_').replace('^', '_')}-{task}"
     library = kit / task
     t = time.perf_counter()
     out = subprocess.run(
         [*SIMD, "index", str(library), "--state-dir", str(state), "--model", model, "--json"],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         check=True,
@@ -52,15 +61,16 @@ def run_task(kit: Path, task: str, variant: str, model: str, work: Path) -> dict
     summary = json.loads(out.stdout)
     summary["wall_s"] = round(time.perf_counter() - t, 1)
     port = free_port()
-    log = open(work / f"{variant}-{task}.log", "w")
+    log = open(state.with_suffix(".log"), "w")
     server = subprocess.Popen(
         [*SIMD, "serve", str(library), "--state-dir", str(state), "--model", model, "--port", str(port)],
         env=env,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        result_file = work / f"{variant}-{task}.json"
+        result_file = state.with_suffix(".json")
         subprocess.run(
             [
                 sys.executable,
@@ -92,13 +102,16 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--descriptors", default="seed,default")
     ap.add_argument("--out", type=Path, help="write all results as JSON here")
+    ap.add_argument("--keep", type=Path, help="keep the state dirs (indexes) here, e.g. for calibrate.py")
     a = ap.parse_args()
     if not (a.kit / "neardup.csv").exists():
         subprocess.run([sys.executable, str(EVAL / "build.py"), str(a.kit)], check=True)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="simd-eval-") as tmp:
+        work = a.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for d in a.descriptors.split(","):
-            results[d] = {task: run_task(a.kit, task, d, a.model, Path(tmp)) for task in ("neardup", "category")}
+            results[d] = {task: run_task(a.kit, task, d, a.model, work) for task in ("neardup", "category")}
     if a.out:
         a.out.write_text(json.dumps(results, indent=1))
     names = list(results)
