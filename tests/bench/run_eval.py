@@ -3,6 +3,7 @@
     python tests/bench/run_eval.py [--kit /tmp/simd-eval] [--model efficientnet-lite0]
                                    [--descriptors seed,default] [--out docs/quality-run.json]
     python tests/bench/run_eval.py --descriptors default@tensorflow,default@onnxruntime   # runtimes side by side
+    python tests/bench/run_eval.py --descriptors default@onnxruntime,default@onnxruntime-int8   # precisions
 
 For each descriptor: index each kit library with `simd index --json` (indexing throughput, images/s),
 then start `simd serve` on it (the index is already up to date) and score it with the kit's own
@@ -34,11 +35,14 @@ def free_port() -> int:
 
 
 def run_task(kit: Path, task: str, variant: str, model: str, work: Path) -> dict:
-    """`variant`: a descriptor, or descriptor@runtime (the `runtime` setting)."""
+    """`variant`: a descriptor, or descriptor@runtime (the `runtime` setting), or
+    descriptor@runtime-precision (and the `precision` setting: onnxruntime-int8)."""
     descriptor, _, runtime = variant.partition("@")
+    runtime, _, precision = runtime.partition("-")
     env = {**os.environ, "SIMD_DESCRIPTOR": descriptor, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     if runtime:
         env["SIMD_RUNTIME"] = runtime
+    env["SIMD_PRECISION"] = precision or "fp32"
     state = work / f"{variant}-{task}"
     library = kit / task
     t = time.perf_counter()
