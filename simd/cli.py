@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> cfg.Config:
     flags = {}
-    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "runtime", "log_level"):
+    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "runtime", "precision", "log_level"):
         value = getattr(args, name, None)
         if value is not None:
             flags[name] = value

@@ -34,10 +34,11 @@ from tests.test_onnx_runtime import _config, _cosines, _random_resnet_h5, _start
 
 REPO = Path(__file__).resolve().parents[1]
 LITE0, RESNET = "efficientnet-lite0", "resnet50"
-# The lowest cosine of an int8 vector to its fp32 vector over the test photos, measured on this
-# library (0.95x of the lowest seen, rounded down): Lite0 (its ImageNet weights and logits)
-# 0.9xx, ResNet50 with random weights 0.9xx.
-BOUND = {LITE0: 0.9, RESNET: 0.9}
+# The lowest cosine of an int8 vector to its fp32 vector over the test photos, a little under the
+# lowest measured on this library (min / mean over the 7 photos): Lite0 (its ImageNet weights and
+# logits) 0.936 / 0.974; ResNet50 with random weights 0.9998 / 0.9999 (random filters give smooth,
+# low-contrast features that int8 keeps; this says nothing about ImageNet weights).
+BOUND = {LITE0: 0.92, RESNET: 0.999}
 
 
 def _real_photos(folder: Path, n: int = 18) -> list[Path]:
@@ -88,7 +89,8 @@ def embedders(cache, resnet_h5, library):
     return get
 
 
-@pytest.mark.parametrize("model", [LITE0, RESNET])
+# ResNet50: converted and quantized in ~1-4 min (random weights); Lite0 is the module's other tests' model
+@pytest.mark.parametrize("model", [LITE0, pytest.param(RESNET, marks=pytest.mark.slow)])
 def test_int8_vectors_are_unit_close_to_fp32_and_another_model_id(embedders, library, phone_jpeg, model):
     fp32, int8 = embedders(model, "fp32"), embedders(model, "int8")
     assert (fp32.model_id, int8.model_id) == (model, f"{model}+int8")
@@ -172,10 +174,10 @@ def test_the_precision_setting_is_validated_and_read_from_flags_and_environment(
         Config({"precision": "int4"}).validate()
     assert load(None, {}, {"SIMD_PRECISION": "int8"}).precision == "int8"
     assert load(None, {"precision": "fp32"}, {"SIMD_PRECISION": "int8"}).precision == "fp32"
-    from simd.cli import build_parser
+    from simd.cli import build_parser, load_config
 
     args = build_parser().parse_args(["index", str(tmp_path), "--precision", "int8"])
-    assert args.precision == "int8"
+    assert load_config(args).precision == "int8"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["index", str(tmp_path), "--precision", "int4"])
 
