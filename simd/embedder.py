@@ -185,7 +185,7 @@ class Embedder:
         options = dict(batch_size=config.batch_size, max_pixels=config.max_image_pixels)
         options.update(max_upload_pixels=config.max_upload_pixels)
         ort = dict(cache=config.model_cache, threads=config.tf_threads)
-        int8 = calibration(config.precision, config.library, config.ignore)  # None: fp32
+        int8 = calibration(config.precision, config.library, config.ignore) if config.runtime == ORT else None
         if (
             config.runtime == ORT
             and (source := resolve_source(name, config.weights, config.weights_download)) is not None
