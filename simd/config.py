@@ -92,9 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
         "precision",
         "fp32",
         str,
-        "Numbers the network computes with on onnxruntime: fp32, or int8 (about 2x faster; calibrated once "
-        "on up to 64 photos of the library; its vectors are another model id, so switching re-embeds). "
-        "See the README for what int8 costs in quality.",
+        "Numbers the network computes with on onnxruntime: fp32, or int8 (calibrated once on up to 64 "
+        "photos of the library; faster for resnet50, not for efficientnet-lite0; its vectors are another "
+        "model id, so switching re-embeds). The README says what int8 costs in quality.",
         choices=PRECISIONS,
     ),
     Setting(
