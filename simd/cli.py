@@ -26,6 +26,9 @@ def _common(p: argparse.ArgumentParser, *, library: bool = False, model: bool = 
         p.add_argument("--model", choices=cfg.MODELS, help="backbone (default auto)")
         p.add_argument("--descriptor", choices=cfg.DESCRIPTORS, help="default, or seed (the original method)")
         p.add_argument("--runtime", choices=cfg.RUNTIMES, help="what runs the network (default onnxruntime)")
+        p.add_argument(
+            "--precision", choices=cfg.PRECISIONS, help="fp32 (default) or int8: faster, another model id (README)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> cfg.Config:
     flags = {}
-    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "runtime", "log_level"):
+    for name in ("library", "state_dir", "host", "port", "model", "descriptor", "runtime", "precision", "log_level"):
         value = getattr(args, name, None)
         if value is not None:
             flags[name] = value

@@ -109,7 +109,10 @@ def cmd_query(config: cfg.Config, args) -> int:
             result = answer
         else:
             model = service.runtime.model or ""
-            backbone, _, descriptor = model.partition("+")
+            # "<backbone>[+<descriptor>][+int8]": int8 is calibrated on the index's library
+            backbone, _, descriptor = model.removesuffix("+int8").partition("+")
+            precision = "int8" if model.endswith("+int8") else "fp32"
+            config = config.replace(precision=precision, library=str(service.library_root))
             embedder = Embedder.from_config(config, model=backbone, descriptor=descriptor or "default")
             if embedder.model_id != model:
                 raise SimdError(f"the index was built with {model}, which this simd cannot reproduce")

@@ -91,7 +91,6 @@ class Embedder:
         self._upload_turn = threading.Semaphore(UPLOAD_SLOTS)
         self._upload_line = threading.BoundedSemaphore(UPLOAD_SLOTS + UPLOAD_WAITING)
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
-        self.model_id = backbone.id if descriptor.name == "default" else f"{backbone.id}+{descriptor.name}"
         self.dim = vector_dim(descriptor, backbone.dim, getattr(backbone, "classes", 0))
         self.sizes = input_sizes(backbone.input_size, descriptor)
         self._weights = view_weights(descriptor, self.sizes)
@@ -106,6 +105,11 @@ class Embedder:
         # runs uint8 (n, S, S, 3) -> float32 (n, dim): TensorFlow (tfnet) or ONNX Runtime (onnx)
         self.network = network if network is not None else TFNetwork(backbone, descriptor)
 
+    @property
+    def model_id(self) -> str:  # backbone [+descriptor] [+int8]: vectors of two ids are never compared
+        named = f"+{self.descriptor.name}" if self.descriptor.name != "default" else ""
+        return self.backbone.id + named + getattr(self.network, "id_suffix", "")
+
     @classmethod
     def from_config(cls, config: Config, model: str | None = None, descriptor: str | None = None) -> Embedder:
         """The embedder a config asks for (`model`, `descriptor`: override the config's), with real
@@ -115,14 +119,13 @@ class Embedder:
         from simd.backbones import configure_tensorflow, load_backbone, resolve_source
         from simd.backbones.onnx import NAME as ORT
         from simd.backbones.onnx import convert_apart, open_network
+        from simd.backbones.quantize import CONVERT_HERE_ENV, calibration
 
         name, descriptor = model or config.model, descriptor or config.descriptor
-        options = dict(
-            batch_size=config.batch_size,
-            max_pixels=config.max_image_pixels,
-            max_upload_pixels=config.max_upload_pixels,
-        )
+        options = dict(batch_size=config.batch_size, max_pixels=config.max_image_pixels)
+        options.update(max_upload_pixels=config.max_upload_pixels)
         ort = dict(cache=config.model_cache, threads=config.tf_threads)
+        int8 = calibration(config.precision, config.library, config.ignore) if config.runtime == ORT else None
         if (
             config.runtime == ORT
             and (source := resolve_source(name, config.weights, config.weights_download)) is not None
@@ -130,17 +133,22 @@ class Embedder:
             spec, weights = source
             d = resolve_descriptor(descriptor, spec.id)
             sizes = network_sizes(spec.input_size, d)
-            network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
-            if network is None and weights is not None and convert_apart(config, spec.id, descriptor):
+            if int8 and os.environ.get(CONVERT_HERE_ENV):  # the conversion child calibrates
+                int8 = int8.using(cls(spec, descriptor=d, network=False, **options)._decode_file)
+            for q in (int8, None) if int8 else (None,):  # int8 when it can be had, else fp32
+                ort["int8"], apart = q, config.replace(precision="int8" if q else "fp32")
                 network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
-            if network is not None:
-                return cls(spec, descriptor=d, network=network, **options)._started()
+                if network is None and weights is not None and convert_apart(apart, spec.id, descriptor):
+                    network = open_network(spec.id, spec.classes, d, sizes, weights, **ort)
+                if network is not None:
+                    return cls(spec, descriptor=d, network=network, **options)._started()
         if config.tf_threads:
             configure_tensorflow(config.tf_threads)
         backbone = load_backbone(name, weights=config.weights, allow_download=config.weights_download)
         embedder = cls(backbone, descriptor=descriptor, **options)
         if config.runtime == ORT:
             d, w = embedder.descriptor, backbone.weights_file
+            ort["int8"] = int8 and int8.using(embedder._decode_file)
             network = open_network(
                 backbone.id,
                 backbone.classes,

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from simd.backbones.quantize import CONVERT_HERE_ENV
+from simd.backbones.quantize import ID_SUFFIX as int8_suffix
 from simd.backbones.resnet import file_md5, keras_home
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,6 @@ NAME = "onnxruntime"
 FORMAT = 1  # bump when the conversion changes in a way the other key parts do not show
 OPSET = 17
 CACHE_ENV = "SIMD_MODEL_CACHE"
-CONVERT_HERE_ENV = "SIMD_CONVERT_HERE"  # set: convert in this process (the child of `convert_apart`)
 _unavailable: str | None = None  # why onnxruntime cannot be imported, once that is known
 # A cached file of another onnxruntime version is removed once it has not been written for this
 # long: an upgrade frees the space at its first conversion, while two installs of different
@@ -61,8 +62,9 @@ def ort_version() -> str:
         return "missing"
 
 
-def cache_key(backbone_id: str, classes: int, descriptor: Any, size: int, weights: Path) -> str:
-    """The cached file's name (no suffix) for one input size of one backbone and descriptor."""
+def cache_key(backbone_id: str, classes: int, descriptor: Any, size: int, weights: Path, int8: Any = None) -> str:
+    """The cached file's name (no suffix) for one input size of one backbone and descriptor;
+    ``int8`` (a ``quantize.Calibration``): of its int8 model ("<backbone>-int8-<size>-...")."""
     d = descriptor
     knobs = {
         "format": FORMAT,
@@ -79,6 +81,9 @@ def cache_key(backbone_id: str, classes: int, descriptor: Any, size: int, weight
     }
     if d.logits and classes and getattr(d, "gap_weight", 0.0):  # the pooled features beside the logits
         knobs["with_features"] = True  # only when set: the keys of earlier descriptors stay as they were
+    if int8 is not None:
+        knobs["int8"] = int8.key()
+        backbone_id += "-int8"
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:20]
     return f"{backbone_id}-{size}-ort{ort_version()}-{digest}"
 
@@ -118,15 +123,17 @@ def convert_apart(config: Any, model: str, descriptor: str) -> bool:
     succeeded; False (one WARNING) when it failed, or when this process is that child."""
     if os.environ.get(CONVERT_HERE_ENV):
         return False
-    what = model
+    what = model + (" (int8)" if config.precision == "int8" else "")
     if not _writable(cache_dir(config.model_cache)):
         # the child's file could not reach the daemon: converting there too would convert twice
         log.info("the model cache cannot be written; converting %s in this process", what)
         return False
     chosen = {"model": model, "descriptor": descriptor, "weights": config.weights, "model_cache": config.model_cache}
     settings = {
-        "library": ".",
+        "library": config.library or ".",  # int8 is calibrated on the library's photos
         "runtime": NAME,
+        "precision": config.precision,
+        "ignore": list(config.ignore),
         "weights_download": False,
         "tf_threads": config.tf_threads,
         **{k: str(v) for k, v in chosen.items() if v is not None},
@@ -150,6 +157,9 @@ def convert_apart(config: Any, model: str, descriptor: str) -> bool:
         log.warning("converting %s in a separate process failed (%s); converting here", what, last)
         return False
     log.info("converted %s in %.0f s", what, time.monotonic() - started)
+    for line in done.stderr.splitlines():  # why the child made no int8 model (too few photos)
+        if line.startswith("precision int8"):
+            log.warning("%s", line)
     return True
 
 
@@ -158,13 +168,14 @@ class OrtNetwork:
 
     runtime = NAME
 
-    def __init__(self, sessions: dict[int, Any], origin: str):
+    def __init__(self, sessions: dict[int, Any], origin: str, id_suffix: str = ""):
         self._sessions = sessions
+        self.id_suffix = id_suffix  # "+int8" for an int8 model: its vectors are another model id
         self._inputs = {size: s.get_inputs()[0].name for size, s in sessions.items()}
         self.origin = origin  # "cached <dir>", "converted, cached in <dir>", "converted in memory"
 
     def describe(self) -> str:
-        return f"{NAME} {ort_version()} ({self.origin})"
+        return f"{NAME} {ort_version()}{' int8' if self.id_suffix else ''} ({self.origin})"
 
     def run(self, size: int, batch: np.ndarray) -> np.ndarray:
         out = self._sessions[size].run(None, {self._inputs[size]: np.ascontiguousarray(batch, np.uint8)})[0]
@@ -181,20 +192,26 @@ def open_network(
     convert_from: Any = None,
     cache: str | os.PathLike | None = None,
     threads: int = 0,
+    int8: Any = None,
 ) -> OrtNetwork | None:
     """The ONNX Runtime network for these sizes: from the cache when every size is there (no
     TensorFlow imported); else, given ``convert_from`` (a ``TFNetwork``), converted and cached
     where the cache can be written. None when the cache lacks a size and there is nothing to
-    convert from, or when conversion or ONNX Runtime fails (with one WARNING saying why)."""
+    convert from, or when conversion or ONNX Runtime fails (with one WARNING saying why).
+    ``int8`` (a ``quantize.Calibration``): its int8 model, from the cache, else (given its
+    ``decode``, in the conversion child or beside a TF conversion) quantized from the fp32 model
+    (cached or converted first) and cached; the fp32 network when too few photos decode."""
     global _unavailable
     if _unavailable:
         return None
+    int8 = int8 if weights is not None else None  # random weights are never cached: fp32 only
     folder = cache_dir(cache)
     sessions: dict[int, Any] = {}
     missing: list[tuple[int, Path | None]] = []
     try:
         for size in sizes:
-            path = folder / f"{cache_key(backbone_id, classes, descriptor, size, weights)}.onnx" if weights else None
+            key = cache_key(backbone_id, classes, descriptor, size, weights, int8) if weights else None
+            path = folder / f"{key}.onnx" if key else None
             session = _load_cached(path, threads) if path is not None else None
             if session is None:
                 missing.append((size, path))
@@ -205,7 +222,11 @@ def open_network(
         log.warning("onnxruntime cannot be used (%s); running on TensorFlow", e)
         return None
     if not missing:
-        return OrtNetwork(sessions, f"cached in {folder}")
+        return OrtNetwork(sessions, f"cached in {folder}", "" if int8 is None else int8_suffix)
+    if int8 is not None:
+        if int8.decode is None or not (convert_from is not None or os.environ.get(CONVERT_HERE_ENV)):
+            return None
+        return _quantized(backbone_id, classes, descriptor, sizes, weights, int8, convert_from, cache, threads)
     if convert_from is None:
         return None
     unwritable = False
@@ -222,11 +243,46 @@ def open_network(
             unwritable = True
     if unwritable or weights is None:
         return OrtNetwork(sessions, "converted in memory")
+    return _finish(folder, sessions)
+
+
+def _finish(folder: Path, sessions: dict[int, Any], suffix: str = "") -> OrtNetwork:
     try:
         _remove_stale(folder)
     except OSError as e:
         log.debug("cannot list the model cache %s: %s", folder, e)
-    return OrtNetwork(sessions, f"converted, cached in {folder}")
+    return OrtNetwork(sessions, f"{'quantized' if suffix else 'converted'}, cached in {folder}", suffix)
+
+
+def _quantized(
+    backbone_id: str, classes: int, descriptor: Any, sizes: tuple[int, ...], weights: Any, int8: Any, *args: Any
+) -> OrtNetwork | None:
+    """The int8 network of ``int8`` (with its decoder), quantized from the fp32 models (cached, or
+    converted and cached first) and cached; the fp32 network when too few photos decode or the
+    quantizer fails (one WARNING); None when there is no fp32 model in the cache."""
+    convert_from, cache, threads = args
+    fp32 = open_network(backbone_id, classes, descriptor, sizes, weights, convert_from=convert_from, cache=cache)
+    folder = cache_dir(cache)
+    keys = {size: cache_key(backbone_id, classes, descriptor, size, weights) for size in sizes}
+    if fp32 is None or not all((folder / f"{k}.onnx").is_file() for k in keys.values()):
+        return None
+    images = int8.images(sizes)
+    if images is None:
+        return fp32
+    started, sessions = time.monotonic(), {}
+    for size in sizes:
+        try:
+            data = int8.quantize((folder / f"{keys[size]}.onnx").read_bytes(), images[size])
+            sessions[size] = _session(data, threads)
+        except Exception as e:  # the quantizer and ORT raise anything; fp32 still runs
+            log.warning("cannot quantize %s to int8 (%s: %s); running fp32", backbone_id, type(e).__name__, e)
+            return fp32
+        path = folder / f"{cache_key(backbone_id, classes, descriptor, size, weights, int8)}.onnx"
+        if not _write_atomic(path, data):
+            return OrtNetwork(sessions, "quantized in memory", int8_suffix)
+    n = len(images[sizes[0]])
+    log.info("quantized %s to int8 on %d photos in %.0f s", backbone_id, n, time.monotonic() - started)
+    return _finish(folder, sessions, int8_suffix)
 
 
 def _session(model: str | bytes, threads: int) -> Any:

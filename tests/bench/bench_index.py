@@ -3,7 +3,7 @@ network alone and against the original method's loop, in one run (not collected 
 
     .venv/bin/python tests/bench/bench_index.py                       # N = 48 12 MP + 96 sub-MP
     .venv/bin/python tests/bench/bench_index.py --large 8 --small 16  # a quick look
-    .venv/bin/python tests/bench/bench_index.py --runtime onnxruntime --write
+    .venv/bin/python tests/bench/bench_index.py --runtime onnxruntime,onnxruntime-int8 --write
 
 For each backbone (ResNet50 with seeded random weights saved to an .h5 and loaded through
 `load_backbone("resnet50", weights=...)`, as `simd index` loads them; EfficientNet-Lite0 with its
@@ -13,6 +13,8 @@ real weights) and each folder it measures, every measurement in its own process:
     target_size=(224, 224))`, `img_to_array`, the backbone's preprocessing, `model.predict`;
 (b) *model-only*: the embedder's network call (`Embedder._run(size, batch)`, whichever runtime the
     embedder uses) on uint8 batches of 32 already prepared from the folder's photos: the ceiling;
+    *onnxruntime-int8*: the int8 model (`precision = "int8"`), calibrated on the folder's photos
+    as `simd index` calibrates on its library (made once, outside the timing, and cached);
 (c) *simd index*: the real CLI (`python -m simd index LIB --json`) with a fresh state dir. Its
     summary's `seconds` is the run itself (scan, hash, decode, network, commits), without the
     interpreter start, TensorFlow's import and the model load; those are measured by a second
@@ -128,12 +130,22 @@ def child_model(args) -> dict:
 
     backbone = _load(args.backbone, args.weights)
     emb = Embedder(backbone, batch_size=BATCH)  # TensorFlow's tf.function
-    if args.runtime == "onnxruntime":  # the same function converted (or taken from the cache)
+    if args.runtime.startswith("onnxruntime"):  # the same function converted (or taken from the cache)
         from simd.backbones.onnx import open_network
+        from simd.backbones.quantize import calibration
 
+        int8 = calibration(args.runtime.partition("-")[2] or "fp32", args.folder)
         network = open_network(
-            backbone.id, backbone.classes, emb.descriptor, emb.sizes, backbone.weights_file, convert_from=emb.network
+            backbone.id,
+            backbone.classes,
+            emb.descriptor,
+            emb.sizes,
+            backbone.weights_file,
+            convert_from=emb.network,
+            int8=int8 and int8.using(emb._decode_file),
         )
+        if network is not None and int8 and not network.id_suffix:
+            raise SystemExit("the int8 model could not be made")
         if network is None:
             raise SystemExit("ONNX Runtime could not run this network")
         emb.network = network
@@ -226,7 +238,8 @@ def measure(args, backbone: str, weights: str | None, folder: Path, count: int, 
     lines = [f'model = "{backbone}"', "weights_download = false"]
     if weights:
         lines.append(f'weights = "{weights}"')
-    lines.append(f'runtime = "{runtime}"')
+    lines.append(f'runtime = "{runtime.partition("-")[0]}"')
+    lines.append(f'precision = "{runtime.partition("-")[2] or "fp32"}"')
     config.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("SIMD_CONFIG", None)
@@ -337,6 +350,15 @@ def render(args, rows: list[dict], info: dict, load_before, load_after, started:
                 f"**{r['model']['ips'] / base['ips']:.2f}x** TensorFlow's tf.function "
                 f"(CPU ms/img {r['model']['cpu_ms']:.0f} against {base['cpu_ms']:.0f})."
             )
+    fp32 = {(r["backbone"], r["label"]): r for r in rows if r["runtime"] == "onnxruntime"}
+    for r in rows:
+        base = fp32.get((r["backbone"], r["label"]))
+        if r["runtime"] == "onnxruntime-int8" and base:
+            lines.append(
+                f"- {r['backbone']}, {r['label']}: int8 against onnxruntime fp32: model-only "
+                f"**{r['model']['ips'] / base['model']['ips']:.2f}x**, simd index "
+                f"{r['index']['ips'] / base['index']['ips']:.2f}x."
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -348,7 +370,11 @@ def main(argv=None) -> int:
     ap.add_argument("--original", type=int, default=16, help="photos for the original loop (default 16)")
     ap.add_argument("--no-original", action="store_true", help="skip (a)")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--runtime", default="tensorflow,onnxruntime", help="runtimes, comma-separated (default both)")
+    ap.add_argument(
+        "--runtime",
+        default="tensorflow,onnxruntime,onnxruntime-int8",
+        help="runtimes, comma-separated (default all three; onnxruntime-int8: precision int8)",
+    )
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "simd-bench-index"), help="photo cache")
     ap.add_argument("--write", action="store_true", help=f"replace '{HEADING}' in docs/BENCHMARKS.md")
     # one measurement in a child process

@@ -4,8 +4,9 @@
                                    [--descriptors seed,default] [--out docs/quality-run.json]
     python tests/bench/run_eval.py --descriptors default@tensorflow,default@onnxruntime   # runtimes side by side
     python tests/bench/run_eval.py --descriptors seed,default,efficientnet-lite2/default,default^/work/main
+    python tests/bench/run_eval.py --descriptors default@onnxruntime,default@onnxruntime-int8   # precisions
 
-A variant is ``[model/]descriptor[@runtime][^tree]``: ``model`` overrides --model, ``tree`` runs
+A variant is ``[model/]descriptor[@runtime[-precision]][^tree]``: ``model`` overrides --model, ``tree`` runs
 another checkout's simd (e.g. the previous default, from main) on the same machine in the same run.
 
 For each descriptor: index each kit library with `simd index --json` (indexing throughput, images/s),
@@ -38,14 +39,16 @@ def free_port() -> int:
 
 
 def run_task(kit: Path, task: str, variant: str, model: str, work: Path) -> dict:
-    """`variant`: [model/]descriptor[@runtime][^tree] (see the module's doc)."""
+    """`variant`: [model/]descriptor[@runtime[-precision]][^tree] (see the module's doc)."""
     spec, _, tree = variant.partition("^")
     if "/" in spec:
         model, spec = spec.split("/", 1)
     descriptor, _, runtime = spec.partition("@")
+    runtime, _, precision = runtime.partition("-")
     env = {**os.environ, "SIMD_DESCRIPTOR": descriptor, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     if runtime:
         env["SIMD_RUNTIME"] = runtime
+    env["SIMD_PRECISION"] = precision or "fp32"
     env["PYTHONPATH"] = cwd = tree or str(REPO)  # `python -m` puts the working directory first
     state = work / f"{variant.replace('/', '_').replace('^', '_')}-{task}"
     library = kit / task
