@@ -75,7 +75,7 @@ class Calibration:
         if len(chosen) < MIN_CALIBRATION:
             log.warning(_too_few(len(chosen), "decode"))
             return None
-        return {size: np.stack([c[i] for c in chosen]) for i, size in enumerate(sizes)}
+        return {size: np.stack([_at_size(c, size) for c in chosen]) for size in sizes}
 
     def quantize(self, fp32: bytes, images: np.ndarray) -> bytes:
         """The int8 (QDQ) model of one fp32 model, calibrated on ``images`` (uint8 NHWC)."""
@@ -110,6 +110,17 @@ class Calibration:
         entry = model.metadata_props.add()
         entry.key, entry.value = "simd_calibration", json_digest(self.root, self.files, len(images))
         return bytes(model.SerializeToString())
+
+
+def _at_size(views: list[np.ndarray], size: int) -> np.ndarray:
+    """The view of a photo at `size` px; resized from its first view when the descriptor runs that
+    size for other images only (r2 embeds images under `small_side` at the backbone's own size)."""
+    for v in views:
+        if v.shape[0] == size:
+            return v
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(views[0]).resize((size, size), Image.Resampling.BICUBIC), np.uint8)
 
 
 def json_digest(root: Path, files: Iterable[str], n: int) -> str:
