@@ -95,17 +95,23 @@ def groups(
         ends = np.r_[cuts, len(pl)] if len(pl) else cuts
         members = np.argsort(label, kind="stable")  # local nodes by component, ascending within
         bounds = np.searchsorted(label[members], np.arange(label.max() + 2))
+        matrices: list[tuple[np.ndarray, np.ndarray]] = []  # (nodes, k x k scores) of the components to fill
         for ci, lo, hi in zip(pl[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
             local = members[bounds[ci] : bounds[ci + 1]]
-            if len(local) < 2:
+            if len(local) == 2:  # the most common: one link, one group
+                found.append((nodes[local].tolist(), float(ps[lo]), float(ps[lo])))
                 continue
-            at = np.full(len(nodes), -1, np.int64)
-            at[local] = np.arange(len(local))
-            part = (nodes[local], at[pi[lo:hi]], at[pj[lo:hi]], ps[lo:hi])
-            if len(local) <= FILL_MAX:
-                found += _cluster_matrix(*part, threshold, floor, similarity, codes)
-            else:  # absent pairs count as below the floor (see FILL_MAX)
+            part = (nodes[local], np.searchsorted(local, pi[lo:hi]), np.searchsorted(local, pj[lo:hi]), ps[lo:hi])
+            if len(local) > FILL_MAX:  # absent pairs count as below the floor (see FILL_MAX)
                 found += _cluster_links(*part, threshold)
+                continue
+            score = np.full((len(local), len(local)), np.nan)
+            score[part[1], part[2]] = part[3]
+            matrices.append((part[0], score))
+        if similarity is not None:
+            _fill(matrices, floor, similarity, codes)
+        for comp_nodes, score in matrices:
+            found += _join(comp_nodes, score, threshold)
     clustered = {n for c, _, _ in found for n in c}
     found += [([n], 1.0, 1.0) for n in ids_of if n not in clustered]
     out = []
@@ -164,22 +170,41 @@ def _best(pairs: tuple[np.ndarray, np.ndarray, np.ndarray], floor: float, codes:
     return u[first], v[first], score[first]
 
 
-def _cluster_matrix(nodes, li, lj, s, threshold, floor, similarity, codes: _Codes):
-    """`groups`' joining in one component of k nodes (ascending; li < lj index them) on a k x k matrix
-    of the scores >= floor, its absent pairs filled in by `similarity`."""
-    k = len(nodes)
-    score = np.full((k, k), np.nan)
-    score[li, lj] = s
-    if similarity is not None and k > 2:
-        _, code = codes.lookup(nodes)
-        ii, jj = np.triu_indices(k, 1)
+def _fill(matrices: list[tuple[np.ndarray, np.ndarray]], floor: float, similarity: Similarity, codes: _Codes) -> None:
+    """Score the absent pairs of these components (nodes ascending, a k x k matrix of the scores >= floor
+    each, NaN where absent) with `similarity`, all components' pairs in a few calls, not one each."""
+    which, cells, a, b = [], [], [], []
+    tri: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for n, (nodes, score) in enumerate(matrices):
+        k = len(nodes)
+        if k not in tri:
+            tri[k] = np.triu_indices(k, 1)
+        ii, jj = tri[k]
         absent = np.isnan(score[ii, jj])
         ii, jj = ii[absent], jj[absent]
-        for at in range(0, len(ii), 1 << 16):  # in slices: memory bounded for any component
-            i, j = ii[at : at + (1 << 16)], jj[at : at + (1 << 16)]
-            got = np.asarray(similarity(nodes[i], nodes[j]), np.float64)
-            ok = (got >= floor) & ~codes.banned(code[i], code[j])
-            score[i[ok], j[ok]] = got[ok]
+        which.append(np.full(len(ii), n))
+        cells.append(ii * k + jj)
+        a.append(nodes[ii])
+        b.append(nodes[jj])
+    if not which:
+        return
+    w, c, ua, ub = (np.concatenate(x) for x in (which, cells, a, b))
+    got = np.empty(len(w))
+    for at in range(0, len(w), 1 << 16):  # in slices: memory bounded for any component
+        got[at : at + (1 << 16)] = np.asarray(similarity(ua[at : at + (1 << 16)], ub[at : at + (1 << 16)]), np.float64)
+    ok = got >= floor
+    ok[ok] = ~codes.banned(codes.lookup(ua[ok])[1], codes.lookup(ub[ok])[1])
+    w, c, got = w[ok], c[ok], got[ok]
+    edges = np.searchsorted(w, np.arange(len(matrices) + 1))  # w ascends: each component's run
+    for n, (lo, hi) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)):
+        if lo < hi:
+            matrices[n][1].ravel()[c[lo:hi]] = got[lo:hi]
+
+
+def _join(nodes: np.ndarray, score: np.ndarray, threshold: float) -> list[tuple[list[int], float, float]]:
+    """`groups`' joining in one component of k nodes (ascending) on the k x k matrix (upper triangle) of
+    its node pairs scoring >= floor and not dismissed, NaN elsewhere."""
+    k = len(nodes)
     ii, jj = np.nonzero(~np.isnan(score))
     vals = score[ii, jj]
     count = np.zeros((k, k), np.int64)  # root x root: their node pairs scoring >= floor

@@ -152,9 +152,7 @@ class DuplicatesService:
 
     def _compute(self, store: Store, model: str, threshold: float, floor: float) -> list[dict]:
         stored = dupindex.load_pairs(store, model)
-        copies = dupindex.copies_by_hash(store, model)
-        ids_of = dict(copies)
-        ids_of.update(dupindex.ids_by_hash(store, model, {h for a, b, _ in stored for h in (a, b)} - set(copies)))
+        ids_of = dupindex.listed_ids(store, model)
         rep = {h: ids[0] for h, ids in ids_of.items()}
         hash_of = {i: h for h, ids in ids_of.items() for i in ids}
         known = [(a, b, s) for a, b, s in stored if a in rep and b in rep]
