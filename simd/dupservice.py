@@ -352,6 +352,7 @@ class _StoredSimilarity:
     def __init__(self, store: Store):
         self.store = store
         self.vec: dict[int, np.ndarray] = {}
+        self._product: tuple[np.ndarray, np.ndarray] | None = None  # (ids, their cosines) last computed
 
     def _load(self, ids: set[int]) -> None:
         missing = sorted(ids - set(self.vec))
@@ -375,13 +376,19 @@ class _StoredSimilarity:
         out = np.full(len(a), -1.0)
         if len(ids) == 0:
             return out
-        m = np.stack([self.vec[i] for i in ids.tolist()])
+        product: np.ndarray | None = None
+        if self._product is not None and np.isin(ids, self._product[0]).all():
+            ids, product = self._product  # the next slice of the same large component: the same product
+        else:
+            m = np.stack([self.vec[i] for i in ids.tolist()])
+            product = m @ m.T if len(ids) <= 2048 else None  # a component's (FILL_MAX): 32 MB at most
+            self._product = (ids, product) if product is not None else None
         pa, pb = np.searchsorted(ids, a), np.searchsorted(ids, b)
         pa, pb = np.minimum(pa, len(ids) - 1), np.minimum(pb, len(ids) - 1)
         has = (ids[pa] == a) & (ids[pb] == b)
         pa, pb = pa[has], pb[has]
-        if len(ids) <= 4096:  # one product (32 MB for a component of 2,000), then the pairs' cells
-            out[has] = (m @ m.T)[pa, pb]
+        if product is not None:  # one product, then the pairs' cells
+            out[has] = product[pa, pb]
         else:  # rows of pairs, in slices that keep the gathered vectors small
             got = [np.einsum("ij,ij->i", m[pa[s : s + 4096]], m[pb[s : s + 4096]]) for s in range(0, len(pa), 4096)]
             out[has] = np.concatenate(got) if got else []

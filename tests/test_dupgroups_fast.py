@@ -78,3 +78,27 @@ def test_pairs_but_no_link_at_the_threshold():
         assert dupgroups.groups(pairs, threshold, 0.7, hashes={3: "a", 4: "a"}) == [
             dupgroups.Group((3, 4), "identical", ((3, 4),), 1.0, 1.0)
         ]
+
+
+def test_stored_similarity_scores_each_pair_as_a_dot_product(tmp_path):
+    """The listing's similarity (one product per component, reused for its next slice; pairs of rows
+    beyond 2048 ids) scores as the float64 dot product of the two normalised stored vectors."""
+    from simd.dupservice import _StoredSimilarity
+    from simd.store import Store
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2100, 8)).astype(np.float32)
+    with Store(tmp_path / "index.db") as store:
+        with store.batch():
+            ids = np.array([store.put_ok(f"a/{r}.jpg", 1, 0, f"{r:032x}", "m", x[r]) for r in range(len(x))])
+        unit = {int(i): v / np.linalg.norm(v) for i, v in zip(ids, x.astype(np.float64), strict=True)}
+        sim = _StoredSimilarity(store)
+        for a, b in [
+            (ids[:40], ids[40:80]),  # one product
+            (ids[5:25], ids[60:80]),  # inside the last one: reused
+            (rng.permutation(ids), rng.permutation(ids)),  # > 2048 ids: rows of pairs
+        ]:
+            want = np.array([unit[int(i)] @ unit[int(j)] for i, j in zip(a, b, strict=True)])
+            assert np.allclose(sim(a, b), want, rtol=0, atol=1e-12)
+        absent = int(ids.max()) + 1  # no such image: scores -1, below any floor
+        assert sim(np.array([ids[0], absent]), np.array([absent, ids[1]])).tolist() == [-1.0, -1.0]
