@@ -284,6 +284,23 @@ def copies_by_hash(store: Store, model: str) -> dict[str, list[int]]:
     return {h: sorted(int(i) for i in ids.split(",")) for h, ids in rows}
 
 
+def listed_ids(store: Store, model: str) -> dict[str, list[int]]:
+    """hash -> ids (ascending) of the ok rows of `model` whose content has 2+ files or is in a stored
+    pair: what a listing groups, in one query (not an IN list per 500 hashes)."""
+    rows = store.execute(
+        "SELECT hash, id FROM images WHERE model = ? AND state = 'ok' AND hash IN ("
+        "SELECT hash FROM images WHERE model = ? AND state = 'ok' AND hash IS NOT NULL "
+        "GROUP BY hash HAVING count(*) > 1 "
+        "UNION SELECT hash_a FROM dup_pairs WHERE model = ? UNION SELECT hash_b FROM dup_pairs WHERE model = ?) "
+        "ORDER BY hash, id",
+        [model] * 4,
+    )
+    out: dict[str, list[int]] = {}
+    for h, image_id in rows:
+        out.setdefault(h, []).append(int(image_id))
+    return out
+
+
 def ids_by_hash(store: Store, model: str, hashes: Iterable[str]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for part in _chunks(sorted(set(hashes))):

@@ -152,9 +152,7 @@ class DuplicatesService:
 
     def _compute(self, store: Store, model: str, threshold: float, floor: float) -> list[dict]:
         stored = dupindex.load_pairs(store, model)
-        copies = dupindex.copies_by_hash(store, model)
-        ids_of = dict(copies)
-        ids_of.update(dupindex.ids_by_hash(store, model, {h for a, b, _ in stored for h in (a, b)} - set(copies)))
+        ids_of = dupindex.listed_ids(store, model)
         rep = {h: ids[0] for h, ids in ids_of.items()}
         hash_of = {i: h for h, ids in ids_of.items() for i in ids}
         known = [(a, b, s) for a, b, s in stored if a in rep and b in rep]
@@ -354,6 +352,7 @@ class _StoredSimilarity:
     def __init__(self, store: Store):
         self.store = store
         self.vec: dict[int, np.ndarray] = {}
+        self._product: tuple[np.ndarray, np.ndarray] | None = None  # (ids, their cosines) last computed
 
     def _load(self, ids: set[int]) -> None:
         missing = sorted(ids - set(self.vec))
@@ -370,11 +369,27 @@ class _StoredSimilarity:
                 self.vec[int(image_id)] = v / (np.linalg.norm(v) or 1.0)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        self._load({int(i) for i in a} | {int(i) for i in b})
-        return np.array(
-            [
-                float(self.vec[int(i)] @ self.vec[int(j)]) if int(i) in self.vec and int(j) in self.vec else -1.0
-                for i, j in zip(a, b, strict=True)
-            ],
-            np.float64,
-        )
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        self._load({int(i) for i in np.unique(np.concatenate([a, b]))})
+        # the ids asked about (a component's: a few thousand at most) as one matrix, each pair a row of it
+        ids = np.array(sorted(i for i in set(np.unique(a).tolist()) | set(np.unique(b).tolist()) if i in self.vec))
+        out = np.full(len(a), -1.0)
+        if len(ids) == 0:
+            return out
+        product: np.ndarray | None = None
+        if self._product is not None and np.isin(ids, self._product[0]).all():
+            ids, product = self._product  # the next slice of the same large component: the same product
+        else:
+            m = np.stack([self.vec[i] for i in ids.tolist()])
+            product = m @ m.T if len(ids) <= 2048 else None  # a component's (FILL_MAX): 32 MB at most
+            self._product = (ids, product) if product is not None else None
+        pa, pb = np.searchsorted(ids, a), np.searchsorted(ids, b)
+        pa, pb = np.minimum(pa, len(ids) - 1), np.minimum(pb, len(ids) - 1)
+        has = (ids[pa] == a) & (ids[pb] == b)
+        pa, pb = pa[has], pb[has]
+        if product is not None:  # one product, then the pairs' cells
+            out[has] = product[pa, pb]
+        else:  # rows of pairs, in slices that keep the gathered vectors small
+            got = [np.einsum("ij,ij->i", m[pa[s : s + 4096]], m[pb[s : s + 4096]]) for s in range(0, len(pa), 4096)]
+            out[has] = np.concatenate(got) if got else []
+        return out
