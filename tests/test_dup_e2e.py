@@ -19,7 +19,15 @@ from images import make_phone_photo, make_photo
 from PIL import Image
 from serving import Served
 
+from simd.duplicates import DUPLICATE_THRESHOLDS
+from simd.embedder import resolve_descriptor
+
 pytestmark = pytest.mark.slow
+
+# the default model of a machine without ResNet50 weights, and its calibrated thresholds
+_D = resolve_descriptor("default", "efficientnet-lite0")
+MODEL = "efficientnet-lite0" if _D.name == "default" else f"efficientnet-lite0+{_D.name}"
+T = DUPLICATE_THRESHOLDS[MODEL]
 
 
 def post(served: Served, path: str, body, *, raw: bytes | None = None) -> tuple[int, dict]:
@@ -76,8 +84,8 @@ def test_copies_are_grouped_and_follow_the_library(library, tmp_path, lite0_conv
         served.wait_idle(indexed=3)
         first = served.wait_until(lambda: (d := served.get("/api/duplicates"))["complete"] and d, 60, "pairs")
         assert first["groups"] == [] and first["total"] == 0
-        assert first["model"] == "efficientnet-lite0" and first["calibrated"] is True
-        assert first["threshold"] == pytest.approx(0.70) and first["lowest"] == pytest.approx(0.65)
+        assert first["model"] == MODEL and first["calibrated"] is True
+        assert first["threshold"] == pytest.approx(T.threshold) and first["lowest"] == pytest.approx(T.lowest)
         assert first["allow_trash"] is False
         assert served.get("/api/status")["duplicates"]["state"] == "ready"
 
@@ -100,7 +108,7 @@ def test_copies_are_grouped_and_follow_the_library(library, tmp_path, lite0_conv
         )
         assert g["tier"] == "near-duplicate"
         small = next(m for m in g["images"] if m["path"] == "Shared/beach-small.jpg")
-        assert small["keep"] is False and not small["identical_to_keeper"] and 0.7 <= small["score"] < 1.0
+        assert small["keep"] is False and not small["identical_to_keeper"] and T.threshold <= small["score"] < 1.0
         assert small["width"] == 2000 and small["height"] == 1500
         assert g["images"][0]["width"] == 4000, "most pixels is kept"
         assert group_with(served, "DCIM/city.jpg") is None and group_with(served, "misc/small.png") is None
@@ -129,8 +137,8 @@ def assert_error(status: int, body: dict, want_status: int, code: str) -> None:
 
 BAD_LISTINGS = [
     ("threshold=abc", "threshold must be a number"),
-    ("threshold=2", "threshold must be from 0.65 to 1.0"),
-    ("threshold=0.1", "threshold must be from 0.65"),
+    ("threshold=2", f"threshold must be from {T.lowest:g} to 1.0"),
+    ("threshold=0.1", f"threshold must be from {T.lowest:g}"),
     ("threshold=nan", "threshold must be from"),
     ("threshold=1e999", "threshold must be from"),
     ("tier=x", "tier must be one of identical, near-duplicate"),
@@ -186,7 +194,7 @@ def test_dismissed_group_stays_dismissed_through_renames_and_a_rescan(library, t
         served.wait_until(lambda: "Old/beach (1).jpg" in served.paths() and "DCIM/beach-renamed.jpg" in served.paths())
         served.wait_idle(indexed=5)
         assert served.get("/api/duplicates")["total"] == 0
-        assert served.get("/api/duplicates?threshold=0.65")["total"] == 0
+        assert served.get(f"/api/duplicates?threshold={T.lowest}")["total"] == 0
 
         # a new copy of the same photo starts a group that shows it
         resaved(library / "DCIM" / "beach.jpg", library / "New" / "beach-again.jpg", scale=0.6, quality=70)
@@ -335,6 +343,6 @@ def test_pairs_of_an_index_from_before_are_built_at_the_first_start(library, tmp
         assert [len(g["images"]) for g in listed["groups"]] == [3]
         with sqlite3.connect(state / "index.db") as db:
             assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
-        assert "duplicates: 2 pairs of images that may be copies among 5 (efficientnet-lite0" in served.output()
+        assert f"duplicates: 2 pairs of images that may be copies among 5 ({MODEL}" in served.output()
     finally:
         assert served.stop() == 0
