@@ -257,10 +257,9 @@ def cmd_duplicates(config: cfg.Config, args) -> int:
         f"{_mb(out['reclaimable_bytes'])} in the copies not kept"
     )
     for group in out["groups"]:
+        low, high = f"{group['min_score']:.2f}", f"{group['max_score']:.2f}"
         scores = (
-            "same bytes"
-            if group["tier"] == "identical"
-            else f"scores {group['min_score']:.2f}-{group['max_score']:.2f}"
+            "same bytes" if group["tier"] == "identical" else f"score {low}" if low == high else f"scores {low}-{high}"
         )
         print(f"\n{group['tier']} ({scores}), {_mb(group['reclaimable_bytes'])} to reclaim:")
         for image in group["images"]:
@@ -271,7 +270,8 @@ def cmd_duplicates(config: cfg.Config, args) -> int:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} KB"
+    # 1024 to the KB, as the keep rules' reasons and the page count (3.7 MB there is 3.7 MB here)
+    return f"{n / (1 << 20):.1f} MB" if n >= 100 << 10 else f"{n / (1 << 10):.0f} KB"
 
 
 def _all_groups(service, threshold, total: int) -> list[dict]:
