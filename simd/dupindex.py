@@ -111,6 +111,22 @@ def _bump(store: Store) -> None:
     store.set_meta(VERSION_KEY, str(int(version(store)) + 1))
 
 
+def _stale_rows(items: Sequence[tuple[int, str, np.ndarray, str]], known: set[str], index_ids, matrix) -> list[int]:
+    """Ids of the chunk's rows of known content whose matrix row still holds another vector (their
+    bytes changed; a rename or a copy keeps its vector, and its row stays a fair neighbour)."""
+    changed = {int(i): np.asarray(v, np.float32) for i, digest, v, _ in items if digest in known}
+    ids = np.asarray(index_ids, dtype=np.int64)
+    if not changed or not len(ids):
+        return []
+    at = np.nonzero(np.isin(ids, np.fromiter(changed, np.int64)))[0]
+    stale = []
+    for k in at.tolist():
+        v = changed[int(ids[k])]
+        if float(matrix[k] @ v) < 0.9999 * float(np.linalg.norm(v)):  # matrix rows are unit
+            stale.append(int(ids[k]))
+    return stale
+
+
 def _chunks(values: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
@@ -229,7 +245,11 @@ class DupIndex:
         ids = np.array([i for i, _ in fresh.values()], np.int64)
         new = np.stack([np.asarray(v, np.float32) for _, v in fresh.values()])
         index_ids, matrix, coarse = self.vectors.view()
-        pairs = pairs_for(ids, new, matrix, index_ids, self.lowest, coarse=coarse)
+        # A row of this chunk whose bytes changed to a content the index knows keeps its old vector in
+        # the matrix until the chunk is applied: scored against it, a new image would be paired
+        # with the new hash for the old picture's likeness.
+        stale = _stale_rows(items, known, index_ids, matrix)
+        pairs = pairs_for(ids, new, matrix, index_ids, self.lowest, coarse=coarse, skip_ids=stale)
         self.scored += len(ids)
         if not len(pairs.a):
             return 0

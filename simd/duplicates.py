@@ -265,9 +265,11 @@ def pairs_for(
     min_score: float,
     *,
     coarse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    skip_ids: Sequence[int] | np.ndarray = (),
 ) -> Pairs:
     """The pairs with cosine >= `min_score` that hold a new image: each new one against the index (its
-    own row there, if any, left out) and against the other new ones: what `build_pairs` over the
+    own row there, if any, and the rows of `skip_ids`, whose vectors are about to be replaced, left
+    out) and against the other new ones: what `build_pairs` over the
     index with the new vectors in it would give for them. `index_matrix` holds unit rows (as
     `VectorIndex` keeps them; not checked, that would read it all). With `coarse`, the index's int8
     copy (`quantized.encode(index_matrix)`, as `VectorIndex` keeps it), each image scans a quarter
@@ -285,6 +287,8 @@ def pairs_for(
         raise ValueError(f"{len(idx_id)} index ids for {len(index_matrix)} vectors")
     a_parts, b_parts, s_parts = [], [], []
     renewed = np.isin(idx_id, new_id)  # rows the new vectors replace
+    if len(skip_ids):
+        renewed |= np.isin(idx_id, np.asarray(skip_ids, dtype=np.int64))
     if len(idx_id):
         rows, cols = _index_candidates(q, index_matrix, min_score, coarse)
         keep = ~renewed[cols]

@@ -82,6 +82,8 @@ class DuplicatesService:
         self._cache: dict[tuple, tuple[str, dict]] = {}
         self._headers: dict[tuple[int, int, int], tuple[int | None, int | None, str]] = {}
         self._groups: dict[tuple, dict] = {}  # the last grouping's groups, by what they were made of
+        self._trash_lock = threading.Lock()
+        self._trashed: set[int] = set()  # ids this process sent to the trash (the index may lag)
         self.computed = 0  # groupings computed (not from the cache), for tests and the benchmark
 
     def store(self) -> Store:
@@ -296,25 +298,25 @@ class DuplicatesService:
         t, calibrated = dupindex.thresholds(model)
         thr = parse_threshold(body.get("threshold"), t.lowest, t.threshold)
         wanted = {r["id"] for r in rows}
-        grouped: set[int] = set()
-        for g in self._grouping(self.store(), model, thr, t.floor if calibrated else thr):
-            ids = {m["id"] for m in g["images"]}
-            if ids <= wanted:
-                raise duptrash.WouldTrashAll(
-                    f"refused: this would trash every copy in group {g['id']} "
-                    f"({', '.join(m['path'] for m in g['images'])}); leave at least one (its keeper: "
-                    f"{g['images'][0]['path']})"
-                )
-            grouped |= ids & wanted
-        if lost := sorted(wanted - grouped):
-            raise duptrash.NotADuplicate(
-                f"refused: image(s) {', '.join(map(str, lost))} are in no group of copies at threshold {thr}; "
-                "only duplicates are trashed here"
-            )
-        files = [(display_path(r["path"]), self.absolute_path(r["path"])) for r in rows]
-        duptrash.check_writable([f for _, f in files], self.library_root)
-        trashed, failed = duptrash.move_to_trash(files)
-        return {"trashed": trashed, "failed": failed}
+        with self._trash_lock:  # two requests at once must not empty one group between them
+            groups = self._grouping(self.store(), model, thr, t.floor if calibrated else thr)
+            duptrash.check_groups(groups, wanted, self._trashed, self._on_disk, thr)
+            files, changed = [], []
+            for r in rows:
+                shown, path = display_path(r["path"]), self.absolute_path(r["path"])
+                if duptrash.on_disk_as_indexed(path, r):
+                    files.append((shown, path))
+                else:
+                    changed.append({"path": shown, "error": "changed or gone since it was indexed; not moved"})
+            duptrash.check_writable([f for _, f in files], self.library_root)
+            trashed, failed = duptrash.move_to_trash(files)
+            moved = set(trashed)
+            self._trashed |= {r["id"] for r in rows if display_path(r["path"]) in moved}
+        return {"trashed": trashed, "failed": changed + failed}
+
+    def _on_disk(self, image_id: int) -> bool:
+        row = self.store().get(image_id)
+        return row is not None and duptrash.on_disk_as_indexed(self.absolute_path(row["path"]), row)
 
     def absolute_path(self, rel: str) -> str:
         return os.path.join(self.library_root, *rel.split("/"))

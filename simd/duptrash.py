@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from simd.errors import SimdError
@@ -69,6 +70,41 @@ def _read_only_fs(folder: str) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def on_disk_as_indexed(path: str, row: Mapping) -> bool:
+    """The file is on disk as the index knows it: same size and modification time. A copy the index
+    has not caught up with (trashed a moment ago, replaced, gone) is neither trashed nor counted on."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == row["size"] and st.st_mtime_ns == row["mtime_ns"]
+
+
+def check_groups(
+    groups: Iterable[Mapping], wanted: set[int], gone: set[int], still_there: Callable[[int], bool], threshold: float
+) -> None:
+    """Refuse, before any file moves, unless every wanted image is in a group at `threshold` and each
+    such group keeps a copy that is not wanted, not trashed before (`gone`: the index may not know
+    yet) and still on disk as indexed (`still_there`): a stale listing must never empty a group."""
+    grouped: set[int] = set()
+    for g in groups:
+        ids = {m["id"] for m in g["images"]}
+        if not ids & wanted:
+            continue
+        grouped |= ids & wanted
+        if not any(still_there(i) for i in sorted(ids - wanted - gone)):
+            raise WouldTrashAll(
+                f"refused: this would leave no copy in group {g['id']} "
+                f"({', '.join(m['path'] for m in g['images'])}) on disk; leave at least one (its keeper: "
+                f"{g['images'][0]['path']})"
+            )
+    if lost := sorted(wanted - grouped):
+        raise NotADuplicate(
+            f"refused: image(s) {', '.join(map(str, lost))} are in no group of copies at threshold {threshold}; "
+            "only duplicates are trashed here"
+        )
 
 
 def move_to_trash(files: list[tuple[str, str]]) -> tuple[list[str], list[dict]]:

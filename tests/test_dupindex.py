@@ -294,3 +294,56 @@ def test_simd_index_keeps_built_pairs_fresh(tmp_path, library, calibrated, monke
             (160, 120, "jpeg")
         ]
     capsys.readouterr()
+
+
+def test_trash_never_empties_a_group_the_index_has_not_caught_up_with(index, library, tmp_path, monkeypatch):
+    """The listing lags the disk (the watcher's settle delay, no inotify on NFS): a copy trashed a
+    moment ago, or a keeper gone from disk, must not count as the copy that stays."""
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    shutil.copy(library / "a.jpg", library / "a copy.jpg")
+    resized(library / "a.jpg", library / "small" / "a.jpg")
+    index.run()
+    service = DuplicatesService(index.db, library, index.runtime, allow_trash=True)
+    a, copy, small = (index.store.get_by_path(p)["id"] for p in ("a.jpg", "a copy.jpg", "small/a.jpg"))
+    assert service.trash({"images": [copy]}) == {"trashed": ["a copy.jpg"], "failed": []}
+    # the index still lists "a copy.jpg": without the check, these two were "not every member"
+    with pytest.raises(duptrash.WouldTrashAll):
+        service.trash({"images": [a, small]})
+    assert (library / "a.jpg").is_file() and (library / "small" / "a.jpg").is_file()
+    (library / "a.jpg").unlink()  # the keeper deleted by hand; the index does not know yet
+    with pytest.raises(duptrash.WouldTrashAll, match="leave at least one"):
+        service.trash({"images": [small]})
+    assert (library / "small" / "a.jpg").is_file()
+    index.run()  # the index catches up: a and its copy are gone, no group is left to trash from
+    with pytest.raises(duptrash.NotADuplicate):
+        service.trash({"images": [small]})
+
+
+def test_trash_skips_a_file_changed_since_it_was_indexed(index, library, tmp_path, monkeypatch):
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    resized(library / "a.jpg", library / "small" / "a.jpg")
+    index.run()
+    service = DuplicatesService(index.db, library, index.runtime, allow_trash=True)
+    small = index.store.get_by_path("small/a.jpg")["id"]
+    make_photo(library / "small" / "a.jpg", (320, 240), seed=7)  # other content, not indexed yet
+    out = service.trash({"images": [small]})
+    assert out["trashed"] == [] and out["failed"][0]["path"] == "small/a.jpg"
+    assert "changed or gone since it was indexed" in out["failed"][0]["error"]
+    assert (library / "small" / "a.jpg").is_file()
+
+
+def test_a_file_changed_to_known_bytes_lends_its_old_likeness_to_no_pair(index, library, tmp_path):
+    """In one chunk: a.jpg is overwritten with a copy of b.jpg, and new.jpg (a resized a.jpg, from
+    before) arrives. Until the chunk is applied the matrix holds a.jpg's old vector: new.jpg must
+    not be paired with b's content for a likeness that was a.jpg's."""
+    index.run()
+    resized(library / "a.jpg", tmp_path / "a-small.jpg", 0.8)  # the old picture, kept outside
+    shutil.copy(library / "b.jpg", library / "a.jpg")
+    shutil.copy(tmp_path / "a-small.jpg", library / "new.jpg")
+    index.run()
+    assert index.groups() == [{"a.jpg", "b.jpg"}]
+    assert index.pairs() == set()

@@ -247,7 +247,10 @@
     hideMessage(message);
     let result;
     try {
-      result = await postJson("/api/duplicates/trash", { images: others.map((i) => i.id) });
+      // the group as listed: at the threshold it was listed at, not the model's default
+      const body = { images: others.map((i) => i.id) };
+      if (data && Number.isFinite(data.threshold)) body.threshold = data.threshold;
+      result = await postJson("/api/duplicates/trash", body);
     } catch (e) {
       button.disabled = false;
       showMessage("Nothing was moved to the trash: " + friendly(e), "error", message);
