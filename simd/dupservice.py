@@ -39,7 +39,9 @@ from simd.storevalues import from_blob, path_from_db
 
 TIERS = ("identical", "near-duplicate")
 _CACHE_MAX = 8  # groupings kept (model x threshold)
-IDS_MAX = 10_000  # ids in one dismiss or trash request
+# ids in one dismiss or trash request: a dismissal stores every pair of their contents (500 ids:
+# ~125k rows, a second or two; 10k would be 50M rows in one transaction that holds off the writer)
+IDS_MAX = 500
 
 
 def parse_threshold(value: Any, lowest: float, default: float) -> float:

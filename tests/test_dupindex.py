@@ -347,3 +347,10 @@ def test_a_file_changed_to_known_bytes_lends_its_old_likeness_to_no_pair(index, 
     index.run()
     assert index.groups() == [{"a.jpg", "b.jpg"}]
     assert index.pairs() == set()
+
+
+def test_a_dismissal_names_at_most_500_images(index):
+    """Every pair of their contents is stored: 10,000 ids would be ~50M rows in one transaction."""
+    index.run()
+    with pytest.raises(BadRequest, match="from 2 to 500 distinct ids, got 501"):
+        index.service.dismiss({"images": list(range(1, 502))})

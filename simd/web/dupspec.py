@@ -18,7 +18,7 @@ def _ids_body(least: int, threshold: bool) -> dict:
             "type": "array",
             "items": {"type": "integer", "minimum": 0},
             "minItems": least,
-            "maxItems": 10000,
+            "maxItems": 500,  # simd.dupservice.IDS_MAX
             "uniqueItems": True,
         }
     }
