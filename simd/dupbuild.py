@@ -90,7 +90,11 @@ class PairsBuilder:
         done = dict(self.runtime.duplicates or {})
 
         def store_result(store: Store) -> None:
-            n = dupindex.store_build(store, self.model, pairs, hash_of, sizes)
+            try:
+                n = dupindex.store_build(store, self.model, pairs, hash_of, sizes)
+            except Exception as e:  # the writer retries a refused write; else say so, not "building"
+                self.runtime.update(duplicates={"state": "off", "done": 0, "total": 0, "error": str(e)})
+                raise
             self.runtime.update(
                 duplicates={"state": "ready", "done": done.get("total", 0), "total": done.get("total", 0)}
             )
