@@ -42,6 +42,13 @@ def post(served: Served, path: str, body, *, raw: bytes | None = None) -> tuple[
         return e.code, json.load(e)
 
 
+def simd(*args: str, env: dict, text: bool = True, cwd: str | None = None, timeout: float = 120):
+    """`python -m simd ARGS` as a user runs it (no daemon needed), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "simd", *args], capture_output=True, text=text, env=env, timeout=timeout, cwd=cwd
+    )
+
+
 def get_status(served: Served, path: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(served.url + path, timeout=30) as r:
@@ -209,37 +216,19 @@ def test_dismissed_group_stays_dismissed_through_renames_and_a_rescan(library, t
     # the CLI, without a daemon, reading the state dir
     # this checkout's simd from any working directory (the --print0 run is made from /)
     env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(
-        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = simd("duplicates", "--state-dir", str(state), "--json", env=env)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["complete"] is True and out["total"] == len(out["groups"]) >= 1
     group = next(x for x in out["groups"] if "New/beach-again.jpg" in {m["path"] for m in x["images"]})
     assert group["images"][0]["keep"] is True
-    done = subprocess.run(
-        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--print0"],
-        capture_output=True,
-        env=env,
-        timeout=120,
-        cwd="/",
-    )
+    done = simd("duplicates", "--state-dir", str(state), "--print0", env=env, text=False, cwd="/")
     assert done.returncode == 0, done.stderr
     paths = [Path(os.fsdecode(p)) for p in done.stdout.split(b"\0") if p]
     not_kept = {library / m["path"] for x in out["groups"] for m in x["images"] if not m["keep"]}
     assert set(paths) == not_kept and all(p.is_absolute() and p.is_file() for p in paths)
     assert library / "DCIM" / "beach.jpg" not in paths
-    done = subprocess.run(
-        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--threshold", "abc"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = simd("duplicates", "--state-dir", str(state), "--threshold", "abc", env=env)
     assert done.returncode == 2 and "threshold must be a number" in done.stderr
 
 
@@ -288,32 +277,10 @@ def test_pairs_of_an_index_from_before_are_built_at_the_first_start(library, tmp
     shutil.copy2(library / "DCIM" / "beach.jpg", library / "Backup" / "beach (1).jpg")
     state = tmp_path / "state"
     env = {**os.environ, "SIMD_WEIGHTS_DOWNLOAD": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simd",
-            "index",
-            str(library),
-            "--state-dir",
-            str(state),
-            "--model",
-            "efficientnet-lite0",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    done = simd("index", str(library), "--state-dir", str(state), "--model", "efficientnet-lite0", env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     # without a daemon the CLI lists what is stored: the identical copies, and says pairs are missing
-    done = subprocess.run(
-        [sys.executable, "-m", "simd", "duplicates", "--state-dir", str(state), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = simd("duplicates", "--state-dir", str(state), "--json", env=env)
     assert done.returncode == 0, done.stderr
     before = json.loads(done.stdout)
     assert before["complete"] is False and [g["tier"] for g in before["groups"]] == ["identical"]
