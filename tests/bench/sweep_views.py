@@ -63,14 +63,18 @@ def score_copies(rows: list[dict], matrix: np.ndarray, k: int = 10) -> tuple[flo
 LOW_UP_TO = 240  # a low-resolution view costs a second pass: only at sizes that leave time for it
 
 
-def views(image: Image.Image, sizes: list[int]) -> dict[str, np.ndarray]:
+def views(image: Image.Image, sizes: list[int], small: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
+    """small = (size, below): also a view at `size`, only for images whose long side is below `below`."""
     out = {}
     trimmed = trim(image)
+    main = sizes
+    if small[0] and small[0] not in sizes and max(image.size) < small[1]:
+        sizes = sizes + [small[0]]
     for s in sizes:
         out[f"s{s}"] = np.asarray(image.resize((s, s), Image.Resampling.BICUBIC), np.uint8)
         if trimmed is not image:
             out[f"t{s}"] = np.asarray(trimmed.resize((s, s), Image.Resampling.BICUBIC), np.uint8)
-        if s <= LOW_UP_TO:
+        if s <= LOW_UP_TO and s in main:
             low = trimmed.copy()
             low.thumbnail((LOW, LOW), Image.Resampling.LANCZOS)
             out[f"l{s}"] = np.asarray(low.resize((s, s), Image.Resampling.BICUBIC), np.uint8)
@@ -85,7 +89,9 @@ def network(bb, sizes: list[int]):
     return open_network(bb.id, 0, Descriptor("raw"), tuple(sizes), None, convert_from=tf) or tf
 
 
-def features(net, root: Path, rows: list[dict], sizes: list[int], cache: Path) -> dict[str, np.ndarray]:
+def features(
+    net, root: Path, rows: list[dict], sizes: list[int], cache: Path, small: tuple[int, int] = (0, 0)
+) -> dict[str, np.ndarray]:
     if cache.is_file():
         return dict(np.load(cache))
     draft = 2 * max(sizes)
@@ -94,17 +100,22 @@ def features(net, root: Path, rows: list[dict], sizes: list[int], cache: Path) -
     t = time.perf_counter()
     for i in range(0, len(rows), 16):
         chunk = [open_image(root / r["path"], draft_size=(draft, draft)) for r in rows[i : i + 16]]
-        vs = [views(im, sizes) for im in chunk]
+        vs = [views(im, sizes, small) for im in chunk]
         longs += [max(im.size) for im in chunk]
-        for key in vs[0]:
-            if key[0] == "t":
-                continue
-            batch = np.stack([v[key] for v in vs])
-            feats.setdefault(key, []).append(net.run(int(key[1:]), batch))
+        keys = sorted({k for v in vs for k in v if k[0] != "t"})
+        if small[0] and f"s{small[0]}" not in keys:
+            keys.append(f"s{small[0]}")
+        for key in keys:
+            # every image has the main sizes' views; the small-only size just the small images (NaN else)
+            have = [j for j, v in enumerate(vs) if key in v]
+            f = np.full((len(vs), net_dim(net, sizes)), np.nan, np.float32)
+            if have:
+                f[have] = net.run(int(key[1:]), np.stack([vs[j][key] for j in have]))
+            feats.setdefault(key, []).append(f)
             tk = "t" + key[1:]
             if key[0] == "s":  # trimmed views only where trimming changed the image
                 idx = [j for j, v in enumerate(vs) if tk in v]
-                tf = feats[key][-1].copy()
+                tf = f.copy()
                 if idx:
                     tf[idx] = net.run(int(key[1:]), np.stack([vs[j][tk] for j in idx]))
                 feats.setdefault(tk, []).append(tf)
@@ -115,6 +126,16 @@ def features(net, root: Path, rows: list[dict], sizes: list[int], cache: Path) -
     print(f"  {cache.name}: {len(rows)} images in {time.perf_counter() - t:.0f} s", flush=True)
     np.savez(cache, **out)
     return out
+
+
+_DIM: dict[int, int] = {}
+
+
+def net_dim(net, sizes: list[int]) -> int:
+    key = id(net)
+    if key not in _DIM:
+        _DIM[key] = net.run(sizes[0], np.zeros((1, sizes[0], sizes[0], 3), np.uint8)).shape[1]
+    return _DIM[key]
 
 
 def l2(x):
@@ -145,6 +166,7 @@ def vectors(F, bb, *, size, w, trimmed, low, match=0):
 
 
 def main() -> None:
+    global LOW_UP_TO
     ap = argparse.ArgumentParser()
     ap.add_argument("--kit", type=Path, required=True)
     ap.add_argument("--holdout", type=Path, required=True)
@@ -154,10 +176,15 @@ def main() -> None:
     ap.add_argument("--kinds", action="store_true", help="print every kind's hit rate")
     ap.add_argument("--only", help="python expression on a candidate dict g, e.g. \"g['w'] == 0.5\"")
     ap.add_argument("--groups", type=int, default=0, help="holdout: every n-th group only (0: all), for speed")
+    ap.add_argument("--small", default="", help="SIZE:BELOW: a view at SIZE for images under BELOW px only")
+    ap.add_argument("--low-up-to", type=int, default=240, help="low-resolution views up to this size")
+    ap.add_argument("--no-grid", action="store_true", help="only compute and cache the features")
     a = ap.parse_args()
+    LOW_UP_TO = a.low_up_to
     sizes = [int(s) for s in a.sizes.split(",")]
+    small = tuple(int(x) for x in a.small.split(":")) if a.small else (0, 0)
     bb = load_backbone(a.model, allow_download=False)
-    net = network(bb, sizes)
+    net = network(bb, sizes + ([small[0]] if small[0] and small[0] not in sizes else []))
     a.cache.mkdir(parents=True, exist_ok=True)
     sets = {}
     for tag, root in (("kit", a.kit), ("hold", a.holdout)):
@@ -169,8 +196,11 @@ def main() -> None:
                 keep = sorted({r["group"] for r in rows if r["group"]})[:: a.groups]
                 rows = [r for r in rows if not r["group"] or r["group"] in keep]
                 part = f"-every{a.groups}"
-            cache = a.cache / f"{a.model}-{tag}-{task}{part}-{'_'.join(map(str, sizes))}.npz"
-            sets[tag, task] = (rows, features(net, root / task, rows, sizes, cache))
+            extra = f"-small{small[0]}_{small[1]}" if small[0] else ""
+            cache = a.cache / f"{a.model}-{tag}-{task}{part}-{'_'.join(map(str, sizes))}{extra}.npz"
+            sets[tag, task] = (rows, features(net, root / task, rows, sizes, cache, small))
+    if a.no_grid:
+        return
     grid = []
     for size in sizes:
         for w in (0.0, 0.3, 0.5, 0.7, 1.0):
