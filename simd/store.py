@@ -190,7 +190,7 @@ class Store:
     def vector_for_hash(self, hash: str, model: str) -> np.ndarray | None:
         with self._lock:
             row = self.db.execute(
-                "SELECT vector FROM images WHERE hash = ? AND model = ? AND state = 'ok' "
+                "SELECT vector FROM images WHERE hash = ? AND +model = ? AND +state = 'ok' "
                 "AND vector IS NOT NULL LIMIT 1",
                 [hash, model],
             ).fetchone()

@@ -100,6 +100,11 @@ class IndexWorker:
         # Paths queued and not yet taken by a run, counted once in `pending` however often the
         # watcher hands them in (a file written in bursts settles, changes and settles again).
         self._queued_paths: set[str] = set()
+        # The current run's paths, and the queued ones among them: a file the watcher hands in again
+        # while the run has it in its plan is counted once (a burst showed 8,335 pending for 5,050
+        # files), and counted as waiting again only when the run is over.
+        self._in_run: set[str] = set()
+        self._uncounted: set[str] = set()
         self._queued_lock = threading.Lock()
         self.duplicates: DupIndex | None = None  # the reconciler's hook, once the thread runs
 
@@ -118,7 +123,9 @@ class IndexWorker:
             with self._queued_lock:
                 new = set(paths) - self._queued_paths
                 self._queued_paths |= new
-                self.runtime.add_pending(len(new))  # counted as pending until a run takes them
+                planned = new & self._in_run
+                self._uncounted |= planned
+                self.runtime.add_pending(len(new) - len(planned))  # counted as pending until a run takes them
             self._queue.put(set(paths))
 
     def submit_task(self, run: Callable[[Store], object]) -> None:
@@ -192,7 +199,15 @@ class IndexWorker:
                         self.runtime.update(phase="idle")  # the last run saw this task queued as work
                     continue
                 self.runtime.add_pending(-work.taken)  # from now on the run's plan counts them
-                self._one_run(reconciler, work)
+                with self._queued_lock:
+                    self._in_run = set(work.paths)
+                try:
+                    self._one_run(reconciler, work)
+                finally:
+                    with self._queued_lock:  # handed in again during the run: waiting for the next one
+                        self._in_run = set()
+                        self.runtime.add_pending(len(self._uncounted))
+                        self._uncounted.clear()
                 if self.damaged:
                     break
 
@@ -208,8 +223,9 @@ class IndexWorker:
             else:
                 work.paths |= item
                 with self._queued_lock:
-                    work.taken += len(item & self._queued_paths)
+                    work.taken += len((item & self._queued_paths) - self._uncounted)
                     self._queued_paths -= item
+                    self._uncounted -= item
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:

@@ -419,6 +419,43 @@ def test_pending_counts_a_path_handed_in_again_once(library, state_dir):
         assert w.stop()
 
 
+def test_pending_counts_a_path_handed_in_again_during_its_run_once(library, state_dir, phone_jpeg):
+    """The watcher hands a file in again while the run that has it in its plan is embedding it: it is
+    counted once (the plan's), and waits again only once that run is over."""
+    for i in range(3):
+        shutil.copyfile(phone_jpeg, library / f"p{i}.jpg")
+    entered, release = threading.Event(), threading.Event()
+
+    class Gated(PixelEmbedder):
+        def embed_files(self, paths, *, stop=None):
+            entered.set()
+            assert release.wait(30)
+            return super().embed_files(paths, stop=stop)
+
+    embedder = Gated()
+    runtime = Runtime(model=embedder.model_id)
+    w = IndexWorker(state_dir / "index.db", library, embedder, VectorIndex(embedder.dim), IgnoreRules([]), runtime)
+    w.start()
+    try:
+        w.submit({"p0.jpg", "p1.jpg", "p2.jpg"})
+        assert entered.wait(20)
+        assert runtime.snapshot()["pending"] == 3  # the run's plan
+        w.submit({"p0.jpg", "p1.jpg", "p2.jpg"})  # handed in again mid-run
+        w.submit({"p1.jpg"})
+        assert runtime.snapshot()["pending"] == 3, runtime.snapshot()
+        release.set()
+        deadline = time.monotonic() + 30
+        while not (w.runs >= 2 and runtime.snapshot()["phase"] == "idle" and w._queue.empty()):
+            assert time.monotonic() < deadline, runtime.snapshot()
+            time.sleep(0.05)
+        assert runtime.snapshot()["pending"] == 0
+        with Store(state_dir / "index.db", readonly=True) as reader:
+            assert sorted(reader.records()) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    finally:
+        release.set()
+        assert w.stop()
+
+
 def test_pending_counts_the_queued_paths_and_the_planned_work():
     runtime = Runtime(phase="indexing")
     runtime.update(pending=61)  # the current run: 61 files left of its plan
