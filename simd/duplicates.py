@@ -54,11 +54,15 @@ __all__ = [
 
 class Thresholds(NamedTuple):
     """A model's defaults: `threshold` links two images, `floor` is the least any two of a group may
-    score, `lowest` the lowest threshold a request may ask for (the pairs are kept down to it)."""
+    score, `lowest` the lowest threshold a request may ask for (the pairs are kept down to it).
+    `sure`: the cosine from which two images are copies whatever their pixels; a pair scoring from
+    `lowest` up to it links only once its pixels say it is the same photo (`dupverify`); None: no
+    pair is verified (links by cosine alone)."""
 
     threshold: float
     floor: float
     lowest: float
+    sure: float | None = None
 
 
 # Per model id, measured as the groups' pairwise precision and recall on the kit's near-duplicate
