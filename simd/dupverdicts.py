@@ -17,13 +17,15 @@ ask for) but still counts for the floor (it is a pair of look-alikes, not a dism
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 
 from simd import dupindex, dupverify
 from simd.store import Store
 from simd.storevalues import path_from_db
 
-_CHUNK = 500
+_counted: dict[tuple[str, str, str], dict[str, int]] = {}
+_counted_lock = threading.Lock()
 Verdict = tuple[str, str, int | None, str | None]  # (hash_a, hash_b, inliers, note)
 
 
@@ -36,26 +38,44 @@ def band(model: str) -> tuple[float, float] | None:
     return t.lowest, t.sure
 
 
-def pending(store: Store, model: str, limit: int, skip: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str, float]]:
-    """Up to `limit` pairs in the model's band with neither a verdict nor a note (strongest first),
-    but those of `skip` (handed to the writer, not stored yet)."""
+def pending(
+    store: Store, model: str, limit: int, skip: Iterable[tuple[str, str]] = (), after: tuple[str, str] | None = None
+) -> list[tuple[str, str, float]]:
+    """Up to `limit` pairs in the model's band with neither a verdict nor a note, in key order from
+    after the pair `after` (a cursor: the primary key's order, no sort and no rescan of the pairs
+    done), but those of `skip` (handed to the writer, not stored yet). By hash, so that one image's
+    features serve its pairs in a row."""
     b = band(model)
     if b is None:
         return []
     skipped = set(skip)
+    since = "" if after is None else " AND (hash_a, hash_b) > (?, ?)"
     rows = store.execute(
-        "SELECT hash_a, hash_b, score FROM dup_pairs WHERE model = ? AND score >= ? AND score < ? "
-        "AND inliers IS NULL AND verify_note IS NULL ORDER BY score DESC LIMIT ?",
-        [model, b[0], b[1], int(limit) + len(skipped)],
+        f"SELECT hash_a, hash_b, score FROM dup_pairs WHERE model = ?{since} AND score >= ? AND score < ? "
+        "AND inliers IS NULL AND verify_note IS NULL ORDER BY hash_a, hash_b LIMIT ?",
+        [model, *(after or ()), b[0], b[1], int(limit) + len(skipped)],
     )
     return [(a, h, float(s)) for a, h, s in rows if (a, h) not in skipped][:limit]
 
 
 def counts(store: Store, model: str) -> dict[str, int]:
-    """The band's pairs: `verified` (a verdict), `pending` (none yet), `unverifiable` (a note)."""
+    """The band's pairs: `verified` (a verdict), `pending` (none yet), `unverifiable` (a note). Kept
+    until the next write (`dupindex.version`): /api/status asks often, and it reads every pair."""
     b = band(model)
     if b is None:
         return {"verified": 0, "pending": 0, "unverifiable": 0}
+    key = (str(store.path), model, dupindex.version(store))
+    with _counted_lock:
+        hit = _counted.get(key)
+    if hit is None:
+        hit = _count(store, model, b)
+        with _counted_lock:
+            _counted.clear()  # one index, one model at a time in practice
+            _counted[key] = hit
+    return dict(hit)
+
+
+def _count(store: Store, model: str, b: tuple[float, float]) -> dict[str, int]:
     ((verified, noted, total),) = store.execute(
         "SELECT count(inliers), count(verify_note), count(*) FROM dup_pairs "
         "WHERE model = ? AND score >= ? AND score < ?",
@@ -77,7 +97,8 @@ def summary(store: Store, model: str, running: dict | None) -> dict:
     c = counts(store, model)
     if state == "idle" and c["pending"]:
         state = "verifying"  # pairs stored since the verifier last looked
-    return {"state": state, "band": list(b), "min_inliers": dupverify.MIN_INLIERS, **c}
+    extra = {k: v for k, v in (running or {}).items() if k in ("ms_per_pair", "error") and v is not None}
+    return {"state": state, "band": list(b), "min_inliers": dupverify.MIN_INLIERS, **c, **extra}
 
 
 def files_of(store: Store, model: str, digest: str) -> list[tuple[str, int, int]]:

@@ -103,6 +103,7 @@ class PairsVerifier:
         try:
             with Store(self.db_path, readonly=True) as store:
                 seen = None  # the index's version when the last look found nothing to do
+                cursor: tuple[str, str] | None = None  # the last pair taken (pairs in key order)
                 while not self._stop.is_set():
                     version = dupindex.version(store)
                     with self._flight_lock:
@@ -111,16 +112,16 @@ class PairsVerifier:
                         self._wake.wait(self.poll)
                         self._wake.clear()
                         continue
-                    todo = [] if len(flying) >= 4 * BATCH else dupverdicts.pending(store, self.model, BATCH, flying)
+                    todo = [] if len(flying) >= 4 * BATCH else self._next(store, flying, cursor)
                     if not todo:
                         seen = version
                         self._status("verifying" if flying else "idle", dupverdicts.counts(store, self.model))
                         self._wake.wait(self.poll)
                         self._wake.clear()
                         continue
-                    seen = None
+                    seen, cursor = None, todo[-1][:2]
                     self._status("verifying", dupverdicts.counts(store, self.model))
-                    verdicts = [self._verify(store, a, b) for a, b, _ in sorted(todo)]
+                    verdicts = [self._verify(store, a, b) for a, b, _ in todo]
                     with self._flight_lock:
                         self._in_flight |= {(a, b) for a, b, _, _ in verdicts}
                     self.deliver(self._storer(verdicts))
@@ -130,11 +131,17 @@ class PairsVerifier:
             log.exception("the verification of duplicate pairs stopped")
             self.runtime.update(verification={"state": "off", "error": "see the log"})
 
+    def _next(self, store: Store, flying: set, cursor: tuple[str, str] | None) -> list[tuple[str, str, float]]:
+        """The next pairs after the cursor; from the start again at the end (pairs stored meanwhile)."""
+        todo = dupverdicts.pending(store, self.model, BATCH, flying, cursor)
+        return todo if todo or cursor is None else dupverdicts.pending(store, self.model, BATCH, flying)
+
     def _clear_notes(self, store: Store) -> None:
         with store.batch():
             store.execute(
                 "UPDATE dup_pairs SET verify_note = NULL WHERE model = ? AND verify_note IS NOT NULL", [self.model]
             )
+            dupindex.bump(store)
 
     def _storer(self, verdicts: list[dupverdicts.Verdict]) -> Callable[[Store], object]:
         def store_verdicts(store: Store) -> None:
