@@ -67,7 +67,8 @@ class Thresholds(NamedTuple):
 
 # Per model id, measured as the groups' pairwise precision and recall on the kit's near-duplicate
 # library (docs/QUALITY.md, "Duplicates"; tests/bench/calibrate.py); uncalibrated models have none.
-DUPLICATE_THRESHOLDS: dict[str, Thresholds] = {"efficientnet-lite0+r2": Thresholds(0.76, 0.60, 0.70)}
+# `sure`: pairs from `lowest` up to it link only once their pixels are verified (tests/bench/verify_pairs.py).
+DUPLICATE_THRESHOLDS: dict[str, Thresholds] = {"efficientnet-lite0+r2": Thresholds(0.70, 0.50, 0.70, 0.95)}
 
 TILE_BYTES = 32 << 20  # one tile's float32 scores: ~32 MB whatever the index size
 _NORM_TOL = 1e-4  # as simd.vectors: rows this close to unit norm are kept bit-exact

@@ -36,7 +36,7 @@ FEATURES = 1000  # ORB keypoints per image at most
 RATIO = 0.8  # Lowe's ratio test: best match clearly better than the second
 REPROJ = 0.012  # RANSAC's reprojection threshold, as a fraction of SIDE (~6 px)
 SCALE_MIN, SCALE_MAX = 0.25, 4.0  # the transform's scale between the working images: a 25 % crop either way
-MIN_INLIERS = 15  # matches agreeing with one transform: the same photo (docs/QUALITY.md)
+MIN_INLIERS = 20  # matches agreeing with one transform: the same photo (docs/QUALITY.md, "Duplicates")
 VERSION = "orb512-v1"  # stored with each verdict: a change of the recipe above verifies anew
 
 
