@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 from fakes import PixelEmbedder
-from images import make_phone_photo, phone_photo
+from images import make_header_only_png, make_phone_photo, phone_photo
 from PIL import Image
 
 from simd import dupindex, dupverdicts, dupverify
@@ -99,6 +99,27 @@ def test_a_file_that_does_not_decode_is_an_image_error(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(5000))
     with pytest.raises(ImageError):
         dupverify.features(bad)
+    # a hostile header (a 10 gigapixel PNG of a few bytes) is refused before any pixel is allocated
+    bomb = make_header_only_png(tmp_path / "bomb.png", 100_000, 100_000)
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="too many pixels"):
+        dupverify.features(bomb)
+    assert time.monotonic() - started < 5
+
+
+def test_an_index_from_before_gains_the_verdict_columns_and_keeps_its_pairs(tmp_path):
+    db = tmp_path / "index.db"
+    with Store(db) as store:  # made current, then set back to schema 3 as an older simd left it
+        with store.batch():
+            store.execute("ALTER TABLE dup_pairs DROP COLUMN inliers", [])
+            store.execute("ALTER TABLE dup_pairs DROP COLUMN verify_note", [])
+            store.execute("INSERT INTO dup_pairs (model, hash_a, hash_b, score) VALUES ('m', 'a', 'b', 0.8)", [])
+            store.set_meta("schema_version", "3")
+    with Store(db) as store:
+        assert store.get_meta("schema_version") == "4"
+        assert store.execute("SELECT hash_a, hash_b, score, inliers, verify_note FROM dup_pairs", []) == [
+            ("a", "b", 0.8, None, None)
+        ]
 
 
 # -- on a real index ------------------------------------------------------------------------------
