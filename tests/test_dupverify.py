@@ -21,7 +21,7 @@ from fakes import PixelEmbedder
 from images import make_header_only_png, make_phone_photo, phone_photo
 from PIL import Image
 
-from simd import dupindex, dupverdicts, dupverify
+from simd import cli, dupindex, dupverdicts, dupverify
 from simd.duplicates import DUPLICATE_THRESHOLDS, Thresholds
 from simd.dupservice import DuplicatesService
 from simd.dupverifier import PairsVerifier
@@ -187,7 +187,7 @@ class Writer:
         self.store.close()
 
 
-def test_the_band_links_only_verified_pairs_and_verdicts_survive_renames(tmp_path, library, band):
+def test_the_band_links_only_verified_pairs_and_verdicts_survive_renames(tmp_path, library, band, capsys):
     src = phone_photo(0, size=SIZE)
     make_phone_photo(library / "DCIM" / "cat.jpg", img=src)
     copies = edits(src, library, stem="cat-")
@@ -199,6 +199,11 @@ def test_the_band_links_only_verified_pairs_and_verdicts_survive_renames(tmp_pat
         listed = w.service.listing(limit=500)
         assert listed["verification"]["state"] == "off" and listed["verification"]["pending"] > 0
         assert w.groups() == []  # nothing in the band links before its verdict
+        with w.store.batch():  # what `simd index` records, for `simd duplicates`
+            w.store.set_meta("model", "pixels")
+            w.store.set_meta("library_root", str(library))
+        assert cli.main(["duplicates", "--state-dir", str(tmp_path / "state"), "--json"]) == 0
+        assert "pairs of possible copies are not verified by their pixels yet" in capsys.readouterr().err
         w.start_verifier()
         w.settle()
         cat = {"DCIM/cat.jpg", *(f"cat-{k}.jpg" for k in copies)}
