@@ -323,7 +323,7 @@ def test_pairs_of_an_index_from_before_are_built_at_the_first_start(library, tmp
         assert listed["complete"] is True and listed["progress"] is None
         assert [len(g["images"]) for g in listed["groups"]] == [3]
         with sqlite3.connect(state / "index.db") as db:
-            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
         assert f"duplicates: 2 pairs of images that may be copies among 5 ({MODEL}" in served.output()
     finally:
         assert served.stop() == 0
