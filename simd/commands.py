@@ -238,6 +238,13 @@ def cmd_duplicates(config: cfg.Config, args) -> int:
             "them); only what is stored is listed",
             file=sys.stderr,
         )
+    waiting = (out.get("verification") or {}).get("pending", 0)
+    if waiting:
+        print(
+            f"simd: {waiting} pairs of possible copies are not verified by their pixels yet (a running "
+            "`simd serve` verifies them); until then they are not grouped",
+            file=sys.stderr,
+        )
     if args.print0:
         store = service.store()
         for group in out["groups"]:

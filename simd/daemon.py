@@ -20,6 +20,7 @@ from simd import config as cfg
 from simd import dupindex, notify
 from simd.dupbuild import PairsBuilder
 from simd.dupservice import DuplicatesService
+from simd.dupverifier import PairsVerifier
 from simd.embedder import Embedder
 from simd.ignore import IgnoreRules
 from simd.runtime import Runtime
@@ -59,6 +60,7 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.service: SearchService | None = None
         self.builder: PairsBuilder | None = None  # the pairs of copies of an index that has none yet
+        self.verifier: PairsVerifier | None = None  # the pixels' verdicts on the pairs of the ambiguous band
         self.state_dir: StateDir | None = None
         self.exit_code = 0
 
@@ -119,6 +121,11 @@ class Daemon:
         if not pairs_built:  # an index from before duplicates, or a new model: built once, in the background
             self.builder = PairsBuilder(db, embedder.model_id, vectors, self.runtime, worker.submit_task, root=root)
             self.builder.start()
+        # Verdicts in the background, handed to the writer: the indexer's own work per image stays small.
+        self.verifier = PairsVerifier(
+            db, embedder.model_id, self.runtime, worker.submit_task, root=root, max_pixels=self.config.max_image_pixels
+        )
+        self.verifier.start()
         # Watch first, then walk: a change made during the startup walk is then seen by one or the other.
         self.watcher = Watcher(
             root,
@@ -193,6 +200,8 @@ class Daemon:
             log.info("stopping")
         if self.builder is not None and not self.builder.stop(STOP_TIMEOUT):  # not in _threads: it may end
             log.warning("the build of the duplicates' pairs did not stop within %.0f s", STOP_TIMEOUT)
+        if self.verifier is not None and not self.verifier.stop(STOP_TIMEOUT):
+            log.warning("the verification of duplicate pairs did not stop within %.0f s", STOP_TIMEOUT)
         for name, thread in self._threads():
             started = time.monotonic()
             stopped = thread is None or thread.stop(STOP_TIMEOUT)

@@ -107,6 +107,11 @@ def version(store: Store) -> str:
     return store.get_meta(VERSION_KEY, "0") or "0"
 
 
+def bump(store: Store) -> None:
+    """Invalidate the listings' groupings (a write that changes pairs, verdicts or dismissals)."""
+    _bump(store)
+
+
 def _bump(store: Store) -> None:
     store.set_meta(VERSION_KEY, str(int(version(store)) + 1))
 

@@ -54,16 +54,21 @@ __all__ = [
 
 class Thresholds(NamedTuple):
     """A model's defaults: `threshold` links two images, `floor` is the least any two of a group may
-    score, `lowest` the lowest threshold a request may ask for (the pairs are kept down to it)."""
+    score, `lowest` the lowest threshold a request may ask for (the pairs are kept down to it).
+    `sure`: the cosine from which two images are copies whatever their pixels; a pair scoring from
+    `lowest` up to it links only once its pixels say it is the same photo (`dupverify`); None: no
+    pair is verified (links by cosine alone)."""
 
     threshold: float
     floor: float
     lowest: float
+    sure: float | None = None
 
 
 # Per model id, measured as the groups' pairwise precision and recall on the kit's near-duplicate
 # library (docs/QUALITY.md, "Duplicates"; tests/bench/calibrate.py); uncalibrated models have none.
-DUPLICATE_THRESHOLDS: dict[str, Thresholds] = {"efficientnet-lite0+r2": Thresholds(0.76, 0.60, 0.70)}
+# `sure`: pairs from `lowest` up to it link only once their pixels are verified (tests/bench/verify_pairs.py).
+DUPLICATE_THRESHOLDS: dict[str, Thresholds] = {"efficientnet-lite0+r2": Thresholds(0.70, 0.50, 0.70, 0.95)}
 
 TILE_BYTES = 32 << 20  # one tile's float32 scores: ~32 MB whatever the index size
 _NORM_TOL = 1e-4  # as simd.vectors: rows this close to unit norm are kept bit-exact

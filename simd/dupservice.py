@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from simd import dupindex, duptrash
+from simd import dupindex, duptrash, dupverdicts
 from simd.duplicates import DEFAULT_KEEP_RULES, Member, groups, suggest_keep
 from simd.errors import BadRequest, NotFound, NotReady
 from simd.paths import display_path
@@ -102,13 +102,13 @@ class DuplicatesService:
 
     def state(self) -> dict:
         """/api/status's "duplicates": building (with done/total), ready, or off (pairs not built and
-        no build running: an index `simd index` made, until a daemon serves it)."""
-        dup = self.runtime.duplicates
+        no build running: an index `simd index` made, until a daemon serves it); `verification`."""
+        dup, model = self.runtime.duplicates, self.runtime.model or self.store().get_meta("model")
+        check = dupverdicts.summary(self.store(), model, self.runtime.verification) if model else None
         if dup and dup.get("state") in ("building", "ready"):  # this daemon's build
-            return {k: dup[k] for k in ("state", "done", "total")}
-        model = self.runtime.model or self.store().get_meta("model")
+            return {**{k: dup[k] for k in ("state", "done", "total")}, "verification": check}
         built = model is not None and dupindex.is_built(self.store(), model)
-        return {"state": "ready" if built else "off", "done": 0, "total": 0}
+        return {"state": "ready" if built else "off", "done": 0, "total": 0, "verification": check}
 
     def listing(self, threshold: Any = None, tier: Any = None, offset: Any = 0, limit: Any = 50) -> dict:
         model = self.model()
@@ -131,6 +131,7 @@ class DuplicatesService:
             "lowest": t.lowest,
             "calibrated": calibrated,
             "progress": None if built else {"done": int(dup.get("done", 0)), "total": int(dup.get("total", 0))},
+            "verification": dupverdicts.summary(store, model, self.runtime.verification),
             "total": len(listed),
             "total_images": sum(len(g["images"]) for g in listed),
             "reclaimable_bytes": sum(g["reclaimable_bytes"] for g in listed),
@@ -155,12 +156,12 @@ class DuplicatesService:
             return found
 
     def _compute(self, store: Store, model: str, threshold: float, floor: float) -> list[dict]:
-        stored = dupindex.load_pairs(store, model)
+        stored, shown = dupverdicts.grouping_pairs(store, model)  # the band's links: verified pairs only
         ids_of = dupindex.listed_ids(store, model)
         rep = {h: ids[0] for h, ids in ids_of.items()}
         hash_of = {i: h for h, ids in ids_of.items() for i in ids}
         known = [(a, b, s) for a, b, s in stored if a in rep and b in rep]
-        pair_score = {(a, b): s for a, b, s in known}
+        pair_score = {(a, b): shown[a, b] for a, b, _ in known}
         arrays = (
             np.array([rep[a] for a, _, _ in known], np.int64),
             np.array([rep[b] for _, b, _ in known], np.int64),

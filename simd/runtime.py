@@ -22,6 +22,7 @@ class Runtime:
     last_error: str | None = None
     queued: int = 0
     duplicates: dict | None = None  # the build of the pairs of copies: {"state", "done", "total"}
+    verification: dict | None = None  # the pixels' verdicts on pairs of copies (`dupverifier`)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def update(self, **changes) -> None:

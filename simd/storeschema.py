@@ -16,7 +16,7 @@ from simd.errors import NotFound, SimdError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # 2: `images.path` holds a name that is not valid UTF-8 as its exact bytes (a BLOB; see
 #    `storevalues.path_to_db`). The table is unchanged; the step only keeps an older simd, which
 #    would take such a row for a deleted file, from opening the file.
@@ -27,6 +27,10 @@ SCHEMA_VERSION = 3
 #    `format`, from the file's header, for the keep rules: recorded when an image is indexed; rows
 #    from before get them when the build reads their headers (only images with copies), else the
 #    listing reads them.
+# 4: verification of pairs by their pixels (`simd.dupverify`, `simd.dupverdicts`): `dup_pairs.inliers`,
+#    the local features of the two images that agree with one transform (NULL: not verified yet), and
+#    `dup_pairs.verify_note`, why a pair could not be verified (a file that does not decode). On the
+#    pair's row, so a verdict is kept, like the pair, through renames, moves, rescans and rebuilds.
 
 _SCHEMA_V1 = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
@@ -48,6 +52,7 @@ _SCHEMA_V1 = (
     "CREATE INDEX images_model_state ON images (model, state)",
 )
 _COLUMNS_V3 = (("width", "INTEGER"), ("height", "INTEGER"), ("format", "TEXT"))
+_COLUMNS_V4 = (("inliers", "INTEGER"), ("verify_note", "TEXT"))
 _SCHEMA_V3 = (
     # hash_a < hash_b; keyed by contents, not ids, so renames, moves and copies keep them
     """CREATE TABLE IF NOT EXISTS dup_pairs (
@@ -104,7 +109,12 @@ def migrate(db: Database, path: Path) -> None:
                     db.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
             for sql in _SCHEMA_V3:
                 db.execute(sql)
-        # Future steps go here: `if version < 4: ...`, each bringing the schema one step on.
+        if version < 4:  # only the columns missing (as in step 3)
+            have = {row[1] for row in db.execute("PRAGMA table_info(dup_pairs)").fetchall()}
+            for name, kind in _COLUMNS_V4:
+                if name not in have:
+                    db.execute(f"ALTER TABLE dup_pairs ADD COLUMN {name} {kind}")
+        # Future steps go here: `if version < 5: ...`, each bringing the schema one step on.
         if version < SCHEMA_VERSION:
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "

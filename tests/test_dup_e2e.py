@@ -133,6 +133,20 @@ def test_copies_are_grouped_and_follow_the_library(library, tmp_path, lite0_conv
         served.wait_until(lambda: (x := group_with(served, "DCIM/beach.jpg")) and len(x["images"]) == 2, 60, "2 left")
         (library / "Backup" / "beach (1).jpg").unlink()
         served.wait_until(lambda: served.get("/api/duplicates")["total"] == 0, 60, "no group")
+
+        # a 60 % crop (cosine 0.84: in the ambiguous band) links only once the background verifier has
+        # matched its pixels with the original's; then they group
+        with Image.open(library / "DCIM" / "city.jpg") as img:
+            w, h = img.size
+            img.crop((int(w * 0.3), int(h * 0.1), int(w * 0.9), int(h * 0.7))).save(
+                library / "Shared" / "city-crop.jpg"
+            )
+        g = served.wait_until(lambda: group_with(served, "Shared/city-crop.jpg"), 120, "the verified crop's group")
+        assert {m["path"] for m in g["images"]} == {"DCIM/city.jpg", "Shared/city-crop.jpg"}
+        status = served.get("/api/status")["duplicates"]["verification"]
+        assert status["band"] == [pytest.approx(T.lowest), pytest.approx(T.sure)]
+        assert status["verified"] >= 1 and status["unverifiable"] == 0
+        assert served.get("/api/duplicates")["verification"]["min_inliers"] >= 10
     finally:
         assert served.stop() == 0
 
@@ -309,7 +323,7 @@ def test_pairs_of_an_index_from_before_are_built_at_the_first_start(library, tmp
         assert listed["complete"] is True and listed["progress"] is None
         assert [len(g["images"]) for g in listed["groups"]] == [3]
         with sqlite3.connect(state / "index.db") as db:
-            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
         assert f"duplicates: 2 pairs of images that may be copies among 5 ({MODEL}" in served.output()
     finally:
         assert served.stop() == 0

@@ -379,7 +379,7 @@ def test_real_photos_group_with_their_edited_copies_and_unrelated_ones_stay_alon
     from simd.embedder import Embedder
 
     emb = Embedder(bb.load_backbone("efficientnet-lite0"))
-    threshold, floor, lowest = DUPLICATE_THRESHOLDS[emb.model_id]
+    threshold, floor, lowest = DUPLICATE_THRESHOLDS[emb.model_id][:3]
     images, origin = [], []
     for seed in range(4):  # chelsea, coffee, astronaut, rocket as phone photos, and their copies
         original = phone_photo(seed, size=(1600, 1200))

@@ -86,6 +86,26 @@ DUP_SCHEMAS = {
             "images": {"type": "array", "items": _ref("DuplicateImage"), "description": "The keeper first."},
         },
     },
+    "Verification": {
+        "type": ["object", "null"],
+        "description": "The pixels' verdicts on the pairs of the model's ambiguous band (cosine from `band[0]` "
+        "up to `band[1]`): such a pair links two images only once its local features agree on one transform "
+        "(`min_inliers`); until then, and when it cannot be verified (`unverifiable`: a file that does not "
+        "decode; the reason is logged), it links nothing, so groups of heavy crops and thumbnails appear as "
+        "verification proceeds. Pairs from `band[1]` up link by cosine alone. `state`: `verifying`, `idle` "
+        "(all verified), `off` (no verifier runs, e.g. an index `simd index` made until a daemon serves it) "
+        "or `none` (this model links by cosine alone).",
+        "properties": {
+            "state": {"enum": ["verifying", "idle", "off", "none"]},
+            "band": {"type": ["array", "null"], "items": {"type": "number"}},
+            "min_inliers": {"type": "integer"},
+            "verified": {"type": "integer"},
+            "pending": {"type": "integer"},
+            "unverifiable": {"type": "integer"},
+            "ms_per_pair": {"type": ["number", "null"]},
+            "error": {"type": "string"},
+        },
+    },
     "Duplicates": {
         "type": "object",
         "required": ["complete", "model", "threshold", "total", "offset", "limit", "groups"],
@@ -101,6 +121,7 @@ DUP_SCHEMAS = {
                 "threshold the request gives (the default, 1.0, lists identical files).",
             },
             "progress": {"type": ["object", "null"]},
+            "verification": _ref("Verification"),
             "total": {"type": "integer"},
             "total_images": {"type": "integer"},
             "reclaimable_bytes": {"type": "integer"},

@@ -90,6 +90,7 @@ SCHEMAS = {
                     "state": {"enum": ["building", "ready", "off"]},
                     "done": {"type": "integer"},
                     "total": {"type": "integer"},
+                    "verification": _ref("Verification"),
                 },
             },
             "allow_trash": {"type": "boolean", "description": "POST /api/duplicates/trash is allowed."},

@@ -34,7 +34,7 @@ from benchutil import machine_info, write_section  # noqa: E402
 
 from simd import duplicates, quantized  # noqa: E402
 
-THRESHOLD, FLOOR, LOWEST = duplicates.DUPLICATE_THRESHOLDS["efficientnet-lite0+r2"]
+THRESHOLD, FLOOR, LOWEST = duplicates.DUPLICATE_THRESHOLDS["efficientnet-lite0+r2"][:3]
 
 
 def make_data(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:

@@ -129,7 +129,7 @@
     data = got;
     for (const g of stale) forget(g);
     render();
-    if (!data.complete || stale.length) pollTimer = setTimeout(() => { if (isOn()) load(); }, POLL_MS);
+    if (!data.complete || verifying() || stale.length) pollTimer = setTimeout(() => { if (isOn()) load(); }, POLL_MS);
   }
 
   function showMessage(text, kind, el = $("dup-message")) {
@@ -167,6 +167,11 @@
     $("dup-trash-note").classList.toggle("hidden", Boolean(data.allow_trash));
   }
 
+  // Pairs of the ambiguous band link only once their pixels are verified: while some wait, groups of
+  // crops and thumbnails are still to appear (the page polls, and says so).
+  const verifying = () => Boolean(data.verification && data.verification.state === "verifying"
+    && data.verification.pending > 0);
+
   function renderSummary() {
     const el = $("dup-summary");
     el.dataset.total = String(data.total);
@@ -176,6 +181,11 @@
     if (!data.complete) {
       const p = data.progress;
       parts.push("still building" + (p && p.total ? " (" + p.done + "/" + p.total + ")" : "…"));
+    }
+    if (verifying()) {
+      const v = data.verification;
+      parts.push("checking " + v.pending + " possible copies by their pixels; they join their groups once "
+        + "confirmed");
     }
     el.textContent = parts.join(" · ");
     el.title = "Reclaimable: what the copies not kept take, in every group listed (all pages). "
