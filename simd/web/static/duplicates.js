@@ -14,6 +14,7 @@
   const HASH = "#duplicates";
   const DEFAULT_LIMIT = 20;
   const POLL_MS = 2000; // while the pairs of an existing index are still being built
+  const VERIFY_POLL_MS = 10000; // while only the verification of pairs by their pixels goes on
   // What is asked: `threshold` null = the model's default (the response says which it is).
   const view = { threshold: null, tier: "", offset: 0, limit: DEFAULT_LIMIT };
   let data = null; // the last response, kept up to date as groups are dismissed or trashed
@@ -129,7 +130,10 @@
     data = got;
     for (const g of stale) forget(g);
     render();
-    if (!data.complete || verifying() || stale.length) pollTimer = setTimeout(() => { if (isOn()) load(); }, POLL_MS);
+    // Verification can take hours on a large library, and each listing after new verdicts regroups it
+    // (seconds at 100k): poll it less often than a build that is about to finish.
+    const wait = data.complete && !stale.length ? VERIFY_POLL_MS : POLL_MS;
+    if (!data.complete || verifying() || stale.length) pollTimer = setTimeout(() => { if (isOn()) load(); }, wait);
   }
 
   function showMessage(text, kind, el = $("dup-message")) {
