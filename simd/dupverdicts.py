@@ -24,9 +24,12 @@ from simd import dupindex, dupverify
 from simd.store import Store
 from simd.storevalues import path_from_db
 
-_counted: dict[tuple[str, str, str], dict[str, int]] = {}
+_counted: dict[tuple[str, str, str, str | None], dict[str, int]] = {}
 _counted_lock = threading.Lock()
 Verdict = tuple[str, str, int | None, str | None]  # (hash_a, hash_b, inliers, note)
+
+
+VERDICTS_KEY = "dup_verdicts"  # bumped with every verdict stored (the counts' cache key)
 
 
 def band(model: str) -> tuple[float, float] | None:
@@ -64,7 +67,7 @@ def counts(store: Store, model: str) -> dict[str, int]:
     b = band(model)
     if b is None:
         return {"verified": 0, "pending": 0, "unverifiable": 0}
-    key = (str(store.path), model, dupindex.version(store))
+    key = (str(store.path), model, dupindex.version(store), store.get_meta(VERDICTS_KEY, "0"))
     with _counted_lock:
         hit = _counted.get(key)
     if hit is None:
@@ -104,7 +107,7 @@ def summary(store: Store, model: str, running: dict | None) -> dict:
 def files_of(store: Store, model: str, digest: str) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of the ok images of `model` with these bytes (any will do)."""
     rows = store.execute(
-        "SELECT path, size, mtime_ns FROM images WHERE model = ? AND state = 'ok' AND hash = ? ORDER BY id",
+        "SELECT path, size, mtime_ns FROM images WHERE +model = ? AND +state = 'ok' AND hash = ? ORDER BY id",
         [model, digest],
     )
     return [(path_from_db(p), int(size), int(mtime)) for p, size, mtime in rows]
@@ -112,17 +115,21 @@ def files_of(store: Store, model: str, digest: str) -> list[tuple[str, int, int]
 
 def put(store: Store, model: str, verdicts: Sequence[Verdict]) -> int:
     """Store verdicts (inside a batch of the writer); a pair gone since is skipped. Returns those stored."""
-    n = 0
+    n, links = 0, False
     for a, b, inliers, note in verdicts:
-        n += len(
-            store.execute(
-                "UPDATE dup_pairs SET inliers = ?, verify_note = ? WHERE model = ? AND hash_a = ? AND hash_b = ? "
-                "RETURNING hash_a",
-                [inliers, note, model, a, b],
-            )
+        stored = store.execute(
+            "UPDATE dup_pairs SET inliers = ?, verify_note = ? WHERE model = ? AND hash_a = ? AND hash_b = ? "
+            "RETURNING hash_a",
+            [inliers, note, model, a, b],
         )
-    if n:
+        n += len(stored)
+        links = links or bool(stored and inliers is not None and inliers >= dupverify.MIN_INLIERS)
+    # Only a verdict that links changes the groups: a refusal or a note leaves every listing as it was,
+    # and a bump would make the next one regroup the whole library (seconds at 100k, for hours).
+    if links:
         dupindex.bump(store)
+    if n:  # the counts' own key: a refusal changes them, not the groups
+        store.set_meta(VERDICTS_KEY, str(int(store.get_meta(VERDICTS_KEY, "0") or "0") + 1))
     return n
 
 

@@ -29,16 +29,24 @@ from simd.errors import ImageError
 from simd.imaging import DEFAULT_MAX_PIXELS, check_file_size
 from simd.runtime import Runtime
 from simd.store import Store
+from simd.storehealth import is_damage, write_failure
 
 log = logging.getLogger(__name__)
 
 BATCH = 32  # pairs per hand-over to the writer
 POLL_SECONDS = 2.0  # how often the index is looked at for new pairs when there is nothing to do
 _CACHE = 48  # images' features kept (~250 KB each)
+_LATER = "\0later"  # a verdict's note for "not now": nothing stored, the pair waits for the next write
+RETRY_FIRST, RETRY_MAX = 30.0, 600.0  # seconds before the loop runs again after an unexpected error
 
 
 class _Unreadable(Exception):
-    """No file of a content could be decoded: the note of its pairs."""
+    """No file of a content could be decoded: the note of its pairs. `passing`: every file was only
+    moved, changed or unreadable for now (not a bad image): no note, tried again after the next write."""
+
+    def __init__(self, why: str, passing: bool = False):
+        super().__init__(why)
+        self.passing = passing
 
 
 class PairsVerifier:
@@ -99,37 +107,59 @@ class PairsVerifier:
             log.error("duplicates: pairs cannot be verified without OpenCV (%s); pip install opencv-python-headless", e)
             self.runtime.update(verification={"state": "off", "error": f"OpenCV is not installed: {e}"})
             return
+        try:  # hours of decoding on a large library: behind search and indexing (Linux nices threads)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (OSError, AttributeError):
+            pass
         self.deliver(self._clear_notes)  # the pairs that failed before are tried once more
-        try:
-            with Store(self.db_path, readonly=True) as store:
-                seen = None  # the index's version when the last look found nothing to do
-                cursor: tuple[str, str] | None = None  # the last pair taken (pairs in key order)
-                while not self._stop.is_set():
-                    version = dupindex.version(store)
-                    with self._flight_lock:
-                        flying = set(self._in_flight)
-                    if version == seen and not flying:  # nothing written since: nothing new to verify
-                        self._wake.wait(self.poll)
-                        self._wake.clear()
-                        continue
-                    todo = [] if len(flying) >= 4 * BATCH else self._next(store, flying, cursor)
-                    if not todo:
-                        seen = version
-                        self._status("verifying" if flying else "idle", dupverdicts.counts(store, self.model))
-                        self._wake.wait(self.poll)
-                        self._wake.clear()
-                        continue
-                    seen, cursor = None, todo[-1][:2]
-                    self._status("verifying", dupverdicts.counts(store, self.model))
-                    verdicts = [self._verify(store, a, b) for a, b, _ in todo]
+        delay = RETRY_FIRST
+        while not self._stop.is_set():
+            try:
+                self._loop()
+                return
+            except Stopped:
+                return
+            except Exception as e:  # never the daemon's end, nor the verification's: again in a while
+                log.exception("the verification of duplicate pairs failed; trying again in %.0f s", delay)
+                self.runtime.update(verification={"state": "off", "error": f"{e}; trying again in {delay:.0f} s"})
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _loop(self) -> None:
+        with Store(self.db_path, readonly=True) as store:
+            seen = None  # the index's version when the last look found nothing to do
+            cursor: tuple[str, str] | None = None  # the last pair taken (pairs in key order)
+            later: set[tuple[str, str]] = set()  # pairs whose files were not there as indexed
+            later_at = dupindex.version(store)
+            while not self._stop.is_set():
+                version = dupindex.version(store)
+                if version != later_at:  # the index changed: files moved or rewritten may be in it now
+                    later, later_at = set(), version
+                    for digest in [d for d, f in self._features.items() if isinstance(f, _Unreadable) and f.passing]:
+                        del self._features[digest]
+                with self._flight_lock:
+                    flying = set(self._in_flight)
+                retrying = self.runtime.snapshot()["phase"] == "retrying"  # the writer cannot store now
+                if (version == seen and not flying) or retrying:  # nothing written since: nothing to verify
+                    self._wake.wait(self.poll)
+                    self._wake.clear()
+                    continue
+                todo = [] if len(flying) >= 4 * BATCH else self._next(store, flying | later, cursor)
+                if not todo:
+                    seen = version
+                    self._status("verifying" if flying else "idle", dupverdicts.counts(store, self.model))
+                    self._wake.wait(self.poll)
+                    self._wake.clear()
+                    continue
+                seen, cursor = None, todo[-1][:2]
+                self._status("verifying", dupverdicts.counts(store, self.model))
+                verdicts = [self._verify(store, a, b) for a, b, _ in todo]
+                later |= {(a, b) for a, b, _, note in verdicts if note == _LATER}
+                verdicts = [v for v in verdicts if v[3] != _LATER]
+                if verdicts:
                     with self._flight_lock:
                         self._in_flight |= {(a, b) for a, b, _, _ in verdicts}
                     self.deliver(self._storer(verdicts))
-        except Stopped:
-            return
-        except Exception:  # never the daemon's end: pairs stay unverified (no links in the band)
-            log.exception("the verification of duplicate pairs stopped")
-            self.runtime.update(verification={"state": "off", "error": "see the log"})
 
     def _next(self, store: Store, flying: set, cursor: tuple[str, str] | None) -> list[tuple[str, str, float]]:
         """The next pairs after the cursor; from the start again at the end (pairs stored meanwhile)."""
@@ -137,23 +167,40 @@ class PairsVerifier:
         return todo if todo or cursor is None else dupverdicts.pending(store, self.model, BATCH, flying)
 
     def _clear_notes(self, store: Store) -> None:
+        """At start: the notes go (tried once more); verdicts of another recipe go too (verified anew)."""
+        key = f"dup_verify_recipe:{self.model}"
         with store.batch():
-            store.execute(
-                "UPDATE dup_pairs SET verify_note = NULL WHERE model = ? AND verify_note IS NOT NULL", [self.model]
+            changed = store.execute(
+                "UPDATE dup_pairs SET verify_note = NULL WHERE model = ? AND verify_note IS NOT NULL RETURNING 1",
+                [self.model],
             )
-            dupindex.bump(store)
+            if store.get_meta(key) != dupverify.VERSION:
+                changed += store.execute(
+                    "UPDATE dup_pairs SET inliers = NULL WHERE model = ? AND inliers IS NOT NULL RETURNING 1",
+                    [self.model],
+                )
+                store.set_meta(key, dupverify.VERSION)
+            if changed:
+                dupindex.bump(store)
 
     def _storer(self, verdicts: list[dupverdicts.Verdict]) -> Callable[[Store], object]:
         def store_verdicts(store: Store) -> None:
             try:
                 with store.batch():
                     dupverdicts.put(store, self.model, verdicts)
-            finally:
-                with self._flight_lock:
-                    self._in_flight -= {(a, b) for a, b, _, _ in verdicts}
-                self._wake.set()
+            except Exception as e:
+                if write_failure(e) is not None or is_damage(e):
+                    raise  # the writer holds this task and runs it again: the pairs stay in flight
+                self._landed(verdicts)
+                raise
+            self._landed(verdicts)
 
         return store_verdicts
+
+    def _landed(self, verdicts: list[dupverdicts.Verdict]) -> None:
+        with self._flight_lock:
+            self._in_flight -= {(a, b) for a, b, _, _ in verdicts}
+        self._wake.set()
 
     def _verify(self, store: Store, a: str, b: str) -> dupverdicts.Verdict:
         if self._stop.is_set():
@@ -163,6 +210,8 @@ class PairsVerifier:
             fa, fb = self._of(store, a), self._of(store, b)
             n = dupverify.inliers(fa, fb)
         except _Unreadable as e:
+            if e.passing:  # moved, being rewritten, not readable right now: the index catches up first
+                return a, b, None, _LATER
             log.info("a pair of possible copies is left unverified: %s", e)
             return a, b, None, str(e)
         except (Stopped, MemoryError):
@@ -188,7 +237,7 @@ class PairsVerifier:
 
     def _decode(self, store: Store, digest: str) -> dupverify.Features | _Unreadable:
         """The features of the first file of these bytes that is as indexed and decodes."""
-        why = []
+        why, bad_image = [], False
         for rel, size, mtime_ns in dupverdicts.files_of(store, self.model, digest):
             path = self.root / rel
             try:
@@ -201,6 +250,7 @@ class PairsVerifier:
                 return dupverify.features(path, max_pixels=self.max_pixels, budget=budget)
             except ImageError as e:
                 why.append(f"{rel}: {e.reason}")
+                bad_image = True
             except OSError as e:
                 why.append(f"{rel}: {e.strerror or e}")
-        return _Unreadable("; ".join(why[:3]) or "no indexed file has these bytes any more")
+        return _Unreadable("; ".join(why[:3]) or "no indexed file has these bytes any more", passing=not bad_image)

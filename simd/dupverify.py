@@ -37,7 +37,7 @@ RATIO = 0.8  # Lowe's ratio test: best match clearly better than the second
 REPROJ = 0.012  # RANSAC's reprojection threshold, as a fraction of SIDE (~6 px)
 SCALE_MIN, SCALE_MAX = 0.25, 4.0  # the transform's scale between the working images: a 25 % crop either way
 MIN_INLIERS = 20  # matches agreeing with one transform: the same photo (docs/QUALITY.md, "Duplicates")
-VERSION = "orb512-v1"  # stored with each verdict: a change of the recipe above verifies anew
+VERSION = "orb512-v1"  # stored per model in the index's meta: a change of the recipe above verifies anew
 
 
 @functools.cache
@@ -66,7 +66,12 @@ class Features:
             return self._mirrored
 
 
+MIN_SIDE = 32  # ORB's pyramid and border need this much: a thinner strip has no features to match
+
+
 def _detect(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    if min(gray.shape[:2]) < MIN_SIDE:  # a panorama of 16000x2 is 512x1 here: OpenCV would raise
+        return np.empty((0, 2), np.float32), None
     cv2 = _cv2()
     orb = cv2.ORB_create(nfeatures=FEATURES)
     kps, desc = orb.detectAndCompute(gray, None)

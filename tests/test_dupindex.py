@@ -16,7 +16,7 @@ from fakes import PixelEmbedder
 from images import make_photo
 from PIL import Image
 
-from simd import dupindex, duptrash
+from simd import dupindex, duptrash, dupverdicts
 from simd.dupbuild import PairsBuilder
 from simd.duplicates import DUPLICATE_THRESHOLDS, Thresholds
 from simd.dupservice import DuplicatesService
@@ -376,6 +376,7 @@ def test_lookups_by_content_use_the_hash_index_not_a_scan_of_the_model(tmp_path)
             assert store.vector_for_hash(asked[0], "m") is not None
             assert store.vector_for_hash("f" * 32, "m") is None
             assert set(dupindex.ids_by_hash(store, "m", asked)) == set(asked[:2])
+            assert [p for p, _, _ in dupverdicts.files_of(store, "m", asked[1])] == ["a/7.jpg"]
             with store.batch():
                 dupindex.prune(store, "m", ["f" * 32])
         finally:

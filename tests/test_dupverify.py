@@ -248,3 +248,81 @@ def test_a_file_that_fails_to_decode_leaves_its_pairs_unverified_and_the_job_goe
         assert len(grouped) == 1 and "a-thumb160.jpg" not in grouped[0] and "a.jpg" in grouped[0]
     finally:
         w.close()
+
+
+def test_a_file_moved_before_the_index_caught_up_is_verified_after_it_not_noted(tmp_path, library, band):
+    """A file the verifier does not find as indexed (moved, being rewritten) is a passing state, not a
+    bad image: its pairs get no note (a note would keep them unlinked until the next start) and are
+    verified once the index has caught up."""
+    src = phone_photo(3, size=(800, 600))
+    make_phone_photo(library / "b.jpg", img=src)
+    copies = edits(src, library, stem="b-")
+    w = Writer(library, tmp_path / "state")
+    try:
+        w.rec.run()
+        (library / "sub").mkdir()
+        copies["crop60"].rename(library / "sub" / "b-crop60.jpg")  # the watcher has not told the index yet
+        moved = w.store.get_by_path("b-crop60.jpg")["hash"]
+        w.start_verifier()
+        deadline = time.monotonic() + 60
+        while True:  # until the verifier has done all it can: the moved file's pairs wait
+            try:
+                w.tasks.get(timeout=0.1)(w.store)
+                continue
+            except queue.Empty:
+                pass
+            if (w.runtime.verification or {}).get("state") == "idle" and w.tasks.empty():
+                break
+            assert time.monotonic() < deadline, w.runtime.verification
+        waiting = {k: v for k, v in w.verdicts().items() if moved in k}
+        assert waiting and all(v == (None, None) for v in waiting.values())  # no verdict, no note
+        assert all(n is not None for k, (n, _) in w.verdicts().items() if moved not in k)
+        assert w.service.listing()["verification"]["pending"] == len(waiting)
+        w.rec.run()  # the index catches up with the move
+        w.settle()
+        assert all(n is not None and note is None for n, note in w.verdicts().values())
+        assert any("sub/b-crop60.jpg" in g and "b.jpg" in g for g in w.groups())
+    finally:
+        w.close()
+
+
+def test_a_strip_too_thin_for_features_has_none_and_matches_nothing():
+    """A 16000x2 panorama strip is 512x1 at the working size: no features, no OpenCV error."""
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 255, (2, 16000), dtype=np.uint8))
+    gray = dupverify.working_image(strip)
+    assert min(gray.shape) < dupverify.MIN_SIDE
+    thin = dupverify.Features(gray, *dupverify._detect(gray))
+    assert len(thin.points) == 0
+    photo = feats_of(np.asarray(phone_photo(4, size=(800, 600)).convert("L")))
+    assert dupverify.inliers(thin, photo) == 0 and dupverify.inliers(photo, thin) == 0
+
+
+def test_a_refusal_leaves_the_groups_cached_and_a_new_recipe_verifies_anew(tmp_path, band):
+    """Only a verdict that links changes groups: refusals (most of a large library's band) must not
+    make every listing regroup the library. A verdict of another recipe is not trusted: at start the
+    pairs are verified again."""
+    pairs = [("a" * 32, "b" * 32), ("a" * 32, "c" * 32), ("b" * 32, "c" * 32)]
+    with Store(tmp_path / "index.db") as store:
+        with store.batch():
+            for a, b in pairs:
+                store.execute(
+                    "INSERT INTO dup_pairs (model, hash_a, hash_b, score) VALUES ('pixels', ?, ?, 0.8)", [a, b]
+                )
+        v0, c0 = dupindex.version(store), dupverdicts.counts(store, "pixels")
+        assert c0["pending"] == 3
+        with store.batch():
+            dupverdicts.put(store, "pixels", [(*pairs[0], 3, None)])  # refused: 3 inliers
+        assert dupindex.version(store) == v0
+        assert dupverdicts.counts(store, "pixels") == {"verified": 1, "pending": 2, "unverifiable": 0}
+        with store.batch():
+            dupverdicts.put(store, "pixels", [(*pairs[1], dupverify.MIN_INLIERS + 5, None)])  # a link
+        v1 = dupindex.version(store)
+        assert v1 != v0
+        verifier = PairsVerifier(tmp_path / "index.db", "pixels", Runtime("idle", model="pixels"), print, root=tmp_path)
+        verifier._clear_notes(store)  # the first start: no recipe recorded, the verdicts go
+        assert dupverdicts.counts(store, "pixels")["pending"] == 3 and dupindex.version(store) != v1
+        with store.batch():
+            dupverdicts.put(store, "pixels", [(*pairs[1], dupverify.MIN_INLIERS + 5, None)])
+        v2 = dupindex.version(store)
+        verifier._clear_notes(store)  # the same recipe, no notes: nothing changes, no regrouping
+        assert dupindex.version(store) == v2 and dupverdicts.counts(store, "pixels")["verified"] == 1
