@@ -8,10 +8,10 @@ no verdict (`dupverdicts.pending`, a few dozen at a time, by hash so that one im
 its pairs in a row), decodes one file of each content through simd's safe decode path within its
 budget (`dupverify.features`: `imaging.open_image`, `DECODE_SECONDS`, the stop event), counts the
 inliers and hands the verdicts to the writer (`worker.IndexWorker.submit_task`), the one thread that
-writes. A file that cannot be read, changed or vanished since it was indexed, or that fails to
-decode, gives its pairs a note (`verify_note`) and the job goes on; the pairs with a note are tried
-again once at the next start. Progress is in `Runtime.verification` (/api/status's `duplicates`).
-"""
+writes. A file that fails to decode gives its pairs a note (`verify_note`) and the job goes on; the
+pairs with a note are tried again once at the next start. A file moved, changed or unreadable since
+it was indexed is a passing state: its pairs wait, without a note, until the index changes. Progress
+is in `Runtime.verification` (/api/status's `duplicates`)."""
 
 from __future__ import annotations
 
