@@ -69,10 +69,17 @@ def files_in(root: Path) -> int:
     return sum(1 for p in root.rglob("*.jpg"))
 
 
+def settled(d: dict) -> bool:
+    """The pairs built and every pair of the ambiguous band verified: the groups will not change."""
+    check = d.get("verification") or {}
+    return bool(d["complete"]) and not check.get("pending") and check.get("state") in (None, "idle", "none")
+
+
 def wait_listed(served, timeout: float = 300) -> dict:
-    """Idle, every file indexed, and the duplicate pairs built."""
+    """Idle, every file indexed, the duplicate pairs built and verified (a verdict that lands between
+    the API's answer and the page's would add a group)."""
     served.wait_idle(indexed=files_in(served.library), timeout=timeout)
-    return served.wait_until(lambda: (d := served.get("/api/duplicates")) and d["complete"] and d, timeout, "pairs")
+    return served.wait_until(lambda: (d := served.get("/api/duplicates")) and settled(d) and d, timeout, "pairs")
 
 
 @pytest.fixture(scope="module")
