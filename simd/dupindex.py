@@ -109,10 +109,6 @@ def version(store: Store) -> str:
 
 def bump(store: Store) -> None:
     """Invalidate the listings' groupings (a write that changes pairs, verdicts or dismissals)."""
-    _bump(store)
-
-
-def _bump(store: Store) -> None:
     store.set_meta(VERSION_KEY, str(int(version(store)) + 1))
 
 
@@ -211,7 +207,7 @@ def store_build(
         n = put_pairs(store, model, pairs, hash_of)
         prune(store, model, set(hash_of.values()))
         store.set_meta(built_key(model), str(time.time()))
-        _bump(store)
+        bump(store)
     return n
 
 
@@ -261,7 +257,7 @@ class DupIndex:
         hash_of.update(hashes_of(store, set(pairs.a.tolist()) | set(pairs.b.tolist()) - set(hash_of)))
         n = put_pairs(store, self.model, pairs, hash_of)
         if n:
-            _bump(store)
+            bump(store)
         return n
 
     def removed(self, store: Store, hashes: Iterable[str]) -> None:
@@ -271,7 +267,7 @@ class DupIndex:
         whole table."""
         if hashes := {h for h in hashes if h}:
             prune(store, self.model, hashes)
-        _bump(store)
+        bump(store)
 
 
 def _copy_sizes(store: Store, ids: list[int]) -> None:
@@ -363,6 +359,6 @@ def dismiss(store: Store, hashes: Sequence[str]) -> int:
                     [h, h, max(int(total), c), now],
                 )
                 n += 1
-        _bump(store)
+        bump(store)
     log.info("dismissed as not duplicates: %d pairs of contents", n)
     return n
