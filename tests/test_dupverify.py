@@ -156,8 +156,8 @@ class Writer:
         self.verifier = PairsVerifier(self.db, "pixels", self.runtime, self.tasks.put, root=self.library, poll=0.05)
         self.verifier.start()
 
-    def settle(self, timeout=60.0):
-        """Run the verifier's hand-overs until nothing is pending and it is idle."""
+    def settle(self, timeout=60.0, *, all_verified=True):
+        """Run the verifier's hand-overs until it is idle and, with `all_verified`, nothing is pending."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -166,7 +166,8 @@ class Writer:
             except queue.Empty:
                 pass
             state = (self.runtime.verification or {}).get("state")
-            if state == "idle" and dupverdicts.counts(self.store, "pixels")["pending"] == 0 and self.tasks.empty():
+            done = not all_verified or dupverdicts.counts(self.store, "pixels")["pending"] == 0
+            if state == "idle" and done and self.tasks.empty():
                 return
         raise AssertionError(f"verification did not settle: {self.runtime.verification}")
 
@@ -264,16 +265,7 @@ def test_a_file_moved_before_the_index_caught_up_is_verified_after_it_not_noted(
         copies["crop60"].rename(library / "sub" / "b-crop60.jpg")  # the watcher has not told the index yet
         moved = w.store.get_by_path("b-crop60.jpg")["hash"]
         w.start_verifier()
-        deadline = time.monotonic() + 60
-        while True:  # until the verifier has done all it can: the moved file's pairs wait
-            try:
-                w.tasks.get(timeout=0.1)(w.store)
-                continue
-            except queue.Empty:
-                pass
-            if (w.runtime.verification or {}).get("state") == "idle" and w.tasks.empty():
-                break
-            assert time.monotonic() < deadline, w.runtime.verification
+        w.settle(all_verified=False)  # all the verifier can do: the moved file's pairs wait
         waiting = {k: v for k, v in w.verdicts().items() if moved in k}
         assert waiting and all(v == (None, None) for v in waiting.values())  # no verdict, no note
         assert all(n is not None for k, (n, _) in w.verdicts().items() if moved not in k)

@@ -106,14 +106,19 @@ def precision_per_query(rows, m) -> np.ndarray:
     return np.asarray(out)
 
 
-def kit_hits(rows, m) -> tuple[np.ndarray, list[str]]:
-    """The kit's score.py: a copy is found when it is in the original's top 10 (itself excluded)."""
+def kit_groups(rows) -> list[list[int]]:
+    """Row indices of each group (an original and its copies), distractors left out."""
     groups = defaultdict(list)
     for i, r in enumerate(rows):
         if r["group"]:
             groups[r["group"]].append(i)
+    return list(groups.values())
+
+
+def kit_hits(rows, m) -> tuple[np.ndarray, list[str]]:
+    """The kit's score.py: a copy is found when it is in the original's top 10 (itself excluded)."""
     hits, kinds = [], []
-    for members in groups.values():
+    for members in kit_groups(rows):
         orig = next(i for i in members if rows[i]["kind"] == "original")
         s = m @ m[orig]
         s[orig] = -np.inf
@@ -127,12 +132,8 @@ def kit_hits(rows, m) -> tuple[np.ndarray, list[str]]:
 
 def hold_hits(rows, m) -> tuple[np.ndarray, list[str]]:
     """The holdout: in the original's top 10 with the group's other copies left out."""
-    groups = defaultdict(list)
-    for i, r in enumerate(rows):
-        if r["group"]:
-            groups[r["group"]].append(i)
     hits, kinds = [], []
-    for members in groups.values():
+    for members in kit_groups(rows):
         orig = next(i for i in members if rows[i]["kind"] == "original")
         s = m @ m[orig]
         s[members] = -np.inf
